@@ -1,0 +1,56 @@
+# headwater: one Makefile for everything. `make demo` and `make test` work on a fresh
+# machine: they create the venv, install, and start the local servers themselves.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SERVICES := $(PY) tests/servers/services.py
+
+.PHONY: help venv services services-down status test test-unit lint typecheck demo clean
+
+help:
+	@echo "make demo           run a real pipeline end to end (S3 -> SQS -> Kafka -> tasks)"
+	@echo "make test           the whole suite against real Kafka and emulators"
+	@echo "make lint           ruff + mypy (strict)"
+	@echo "make services       start Kafka (KRaft) and moto in the background"
+	@echo "make services-down  stop them"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+services: venv
+	$(SERVICES) up
+
+services-down:
+	@if [ -x $(PY) ]; then $(SERVICES) down; fi
+
+status: venv
+	$(SERVICES) status
+
+test: venv services
+	$(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest -q tests/unit
+
+typecheck: venv
+	@mkdir -p build/typecheck/headwater
+	@for d in runner bridges schemas; do ln -sfn ../../../$$d build/typecheck/headwater/$$d; done
+	$(VENV)/bin/mypy -p headwater.runner -p headwater.bridges
+
+lint: venv typecheck
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check runner bridges
+
+demo: venv
+	$(PY) examples/demo.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""The source interface every bridge implements (pull-based, acknowledged per delivery).
+
+A source hands out native messages as ``Delivery`` objects; the pump maps them to
+CloudEvents, writes them to Kafka and then calls ``ack`` for the deliveries whose events
+Kafka acknowledged and ``nack`` for the others. Sources settle in batches because every
+cloud does (SQS ``DeleteMessageBatch``, Pub/Sub acknowledge lists, Service Bus locks).
+
+A dropped connection raises ``NotConnected`` (from ``receive``/``ack``/``nack``); the pump
+then closes the source and calls ``connect`` again with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message as the source delivered it, before any mapping.
+
+    ``kind`` selects the mapper (see ``headwater.bridges.mapping``); ``handle`` is what the
+    source needs to settle it (receipt handle, ack id, lock token); ``key`` is the ordering
+    key, used as the Kafka key when present.
+    """
+
+    kind: str
+    message_id: str
+    body: bytes
+    handle: Any = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+    origin: str = ""
+
+
+class Source(Protocol):
+    """What the pump needs from a bridge."""
+
+    @property
+    def name(self) -> str:
+        """Where it reads from, for logs and the DLQ (e.g. the queue URL)."""
+        ...
+
+    async def connect(self) -> None: ...
+
+    async def receive(self, max_messages: int) -> list[Delivery]:
+        """Wait (bounded, e.g. a long poll) for up to ``max_messages`` deliveries."""
+        ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle for good: every event made from these deliveries is in Kafka."""
+        ...
+
+    async def nack(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back for redelivery: their events could not be written."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,154 @@
+"""The pump: moves deliveries from a source into Kafka, acking only what Kafka acked.
+
+What must always hold: a delivery is acked at the source only after Kafka acknowledged
+(``acks=all``, idempotent producer) every event made from it; a delivery with any failed
+write is nacked for redelivery. A delivery that cannot be mapped is written to the DLQ
+with the reason and then acked: bad input never stops the stream. Because the pump pulls
+only when the previous batch is settled, the source is the buffer (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from headwater.bridges.base import Delivery, Source
+from headwater.bridges.mapping import to_cloudevents
+from headwater.runner import kafka
+from headwater.runner.envelope import to_kafka
+from headwater.runner.errors import BadMessage, NotConnected
+from headwater.runner.messages import dlq_record
+from headwater.runner.settings import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Pump:
+    def __init__(
+        self,
+        source: Source,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        batch_size: int = 100,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self._source = source
+        self._producer = producer
+        self._topics = topics
+        self._batch_size = batch_size
+        self._max_backoff = max_backoff
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self._reconnect(stopping, first=True)
+        failures = 0
+        try:
+            while not stopping.is_set():
+                try:
+                    deliveries = await self._source.receive(self._batch_size)
+                    if not deliveries:
+                        continue
+                    written, failed = await self._forward(deliveries)
+                    if written:
+                        await self._source.ack(written)
+                    if failed:
+                        await self._source.nack(failed)
+                        failures += 1
+                        await _pause(stopping, _backoff(failures, self._max_backoff))
+                    else:
+                        failures = 0
+                except NotConnected as exc:
+                    log.warning("%s: connection lost (%s); reconnecting", self._source.name, exc)
+                    await self._reconnect(stopping)
+        finally:
+            await self._source.close()
+
+    async def _reconnect(self, stopping: asyncio.Event, first: bool = False) -> None:
+        attempt = 0
+        if not first:
+            await self._source.close()
+        while not stopping.is_set():
+            try:
+                await self._source.connect()
+                return
+            except NotConnected as exc:
+                attempt += 1
+                delay = _backoff(attempt, self._max_backoff)
+                log.warning(
+                    "%s: cannot connect (%s); retrying in %.1fs", self._source.name, exc, delay
+                )
+                await _pause(stopping, delay)
+
+    async def _forward(self, deliveries: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
+        """Write every delivery's events; returns (written, failed) deliveries."""
+        pending: list[tuple[Delivery, list[asyncio.Future[Any]]]] = []
+        for delivery in deliveries:
+            try:
+                pending.append((delivery, await self._send_events(delivery)))
+            except BadMessage as exc:
+                pending.append((delivery, [await self._send_dlq(delivery, str(exc))]))
+            except Exception as exc:  # noqa: BLE001 - Kafka refused the send: redeliver later
+                log.warning("%s: cannot write to Kafka: %s", self._source.name, exc)
+                pending.append((delivery, [_failed(exc)]))
+        written, failed = [], []
+        for delivery, futures in pending:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                log.warning(
+                    "%s: message %s not written (%s); will be redelivered",
+                    self._source.name,
+                    delivery.message_id,
+                    errors[0],
+                )
+                failed.append(delivery)
+            else:
+                written.append(delivery)
+        return written, failed
+
+    async def _send_events(self, delivery: Delivery) -> list[asyncio.Future[Any]]:
+        futures = []
+        for event in to_cloudevents(delivery):
+            headers, value = to_kafka(event)
+            key = delivery.key or event.subject
+            futures.append(
+                await kafka.send(
+                    self._producer,
+                    self._topics.events,
+                    value,
+                    key=key.encode() if key else None,
+                    headers=headers,
+                )
+            )
+        return futures
+
+    async def _send_dlq(self, delivery: Delivery, reason: str) -> asyncio.Future[Any]:
+        origin = {
+            "bridge": delivery.kind,
+            "source": self._source.name,
+            "message_id": delivery.message_id,
+        }
+        log.warning(
+            "%s: message %s sent to DLQ: %s", self._source.name, delivery.message_id, reason
+        )
+        value = dlq_record(reason, origin, delivery.body)
+        return await kafka.send(self._producer, self._topics.dlq, value)
+
+
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
+
+
+def _backoff(attempt: int, maximum: float) -> float:
+    return float(min(maximum, 0.5 * 2.0 ** (attempt - 1))) * (0.8 + 0.4 * random.random())
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)

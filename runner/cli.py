@@ -1,0 +1,167 @@
+"""The ``headwater`` command line: ``dev``, ``validate``, ``publish``.
+
+``dev`` runs bridges, router, control processor and an in-process worker in one process
+against the configured Kafka (``HEADWATER_KAFKA``, default the local one) and prints each
+run's progress. Exit codes: 0 fine, 1 invalid input (pipeline files, event), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from headwater.bridges.base import Source
+from headwater.runner import kafka
+from headwater.runner.engine import serve
+from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
+from headwater.runner.errors import ConfigError, PipelineErrors
+from headwater.runner.hooks import ConsoleProgress
+from headwater.runner.loader import load_pipelines, validate_paths
+from headwater.runner.pipeline import Pipeline
+from headwater.runner.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    try:
+        return int(args.command(args))
+    except ConfigError as exc:
+        print(f"headwater: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headwater", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run bridges + runner + worker in one process")
+    dev.add_argument("pipelines", nargs="+", type=Path, help="pipeline files or directories")
+    dev.add_argument(
+        "--sqs",
+        action="append",
+        default=[],
+        metavar="QUEUE_URL",
+        help="bridge this SQS queue (repeatable)",
+    )
+    dev.add_argument(
+        "--aws-endpoint",
+        default=None,
+        help="AWS endpoint URL (default: AWS_ENDPOINT_URL or AWS itself)",
+    )
+    dev.add_argument("--aws-region", default=None, help="AWS region (default: AWS chain)")
+    dev.set_defaults(command=_dev)
+
+    validate = commands.add_parser("validate", help="check pipeline files")
+    validate.add_argument("paths", nargs="+", type=Path)
+    validate.set_defaults(command=_validate)
+
+    publish = commands.add_parser("publish", help="send one CloudEvent to the events topic")
+    publish.add_argument("--type", required=True)
+    publish.add_argument("--source", default="/headwater/cli")
+    publish.add_argument("--subject")
+    publish.add_argument("--id", default=None, help="event id (default: a new UUID)")
+    publish.add_argument("--data", default=None, help="JSON data, or @FILE to read it from a file")
+    publish.set_defaults(command=_publish)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    problems = validate_paths(args.paths)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    count = len(load_pipelines(args.paths))
+    print(f"ok: {count} pipeline(s) valid")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        pipelines = load_pipelines(args.pipelines)
+    except PipelineErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for path in args.pipelines:  # tasks' modules live beside the pipeline files
+        folder = path if path.is_dir() else path.parent
+        sys.path.insert(0, str(folder.resolve()))
+    sources: list[Source] = []
+    if args.sqs:
+        from headwater.bridges.sqs import SqsSource  # needs the [aws] extra
+
+        sources += [
+            SqsSource(url, region=args.aws_region, endpoint_url=args.aws_endpoint)
+            for url in args.sqs
+        ]
+    print(
+        f"headwater dev: {len(pipelines)} pipeline(s), {len(sources)} source(s), "
+        f"Kafka {settings.kafka.bootstrap}, topics {settings.topics.prefix}*",
+        flush=True,
+    )
+    asyncio.run(_serve_until_signal(settings, pipelines, sources))
+    return 0
+
+
+async def _serve_until_signal(
+    settings: Settings, pipelines: list[Pipeline], sources: list[Source]
+) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await serve(settings, pipelines, sources, ConsoleProgress(), stopping)
+    print("headwater dev: stopped", flush=True)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    data = None
+    if args.data is not None:
+        raw = Path(args.data[1:]).read_bytes() if args.data.startswith("@") else args.data
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            print(f"headwater publish: --data is not valid JSON: {exc}", file=sys.stderr)
+            return 1
+    event = CloudEvent(
+        id=args.id or new_id(),
+        source=args.source,
+        type=args.type,
+        subject=args.subject,
+        time=now_iso(),
+        data=data,
+    )
+    asyncio.run(_send(Settings.from_env(), event))
+    print(event.id)
+    return 0
+
+
+async def _send(settings: Settings, event: CloudEvent) -> None:
+    await kafka.ensure_topics(settings, {"default"})
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        headers, value = to_kafka(event)
+        key = event.subject.encode() if event.subject else None
+        await producer.send_and_wait(settings.topics.events, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The completion event: one CloudEvent per finished run, on the ``completions`` topic.
+
+Its ``id`` is the run id, so a subscriber can deduplicate on it; the Kafka key is the
+pipeline name, so one pipeline's completions keep their order. Pure.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from headwater.runner.envelope import CloudEvent
+from headwater.runner.state import Run, TaskRecord
+
+SOURCE_PREFIX = "/headwater/pipelines/"
+
+
+def completion_event(run: Run) -> CloudEvent:
+    """``headwater.run.succeeded`` or ``headwater.run.failed`` for a finished run."""
+    assert run.finished_at is not None, "only a finished run has a completion"
+    trigger = run.event
+    tasks = {name: _task_summary(record) for name, record in run.tasks.items()}
+    data: dict[str, Any] = {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "trigger": {k: trigger.get(k) for k in ("id", "source", "type", "subject")},
+        "started_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "duration_ms": round((run.finished_at - run.created_at) * 1000, 3),
+        "tasks": tasks,
+    }
+    failed = [name for name, record in run.tasks.items() if record.status == "failed"]
+    if failed:
+        data["error"] = "; ".join(f"task {n} failed: {run.tasks[n].error}" for n in failed)
+    return CloudEvent(
+        id=run.run_id,
+        source=SOURCE_PREFIX + run.pipeline,
+        type=f"headwater.run.{run.status}",
+        subject=run.pipeline,
+        time=_iso(run.finished_at),
+        data=data,
+    )
+
+
+def _task_summary(record: TaskRecord) -> dict[str, Any]:
+    duration = None
+    if record.started_at is not None and record.finished_at is not None:
+        duration = round((record.finished_at - record.started_at) * 1000, 3)
+    return {
+        "status": record.status,
+        "attempts": record.attempt,
+        "output": record.output,
+        "error": record.error,
+        "duration_ms": duration,
+    }
+
+
+def _iso(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")

@@ -1,0 +1,85 @@
+"""One headwater process: the components it runs and how they start and stop.
+
+``serve`` creates the log's topics, starts one shared idempotent producer and runs every
+component (event router, control processor, one worker per route, one pump per source)
+under a supervisor that restarts it with backoff after a failure. It returns once
+``stopping`` is set and every component has finished its current batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from headwater.bridges.base import Source
+from headwater.bridges.pump import Pump
+from headwater.runner import kafka
+from headwater.runner.control import ControlProcessor
+from headwater.runner.hooks import RunObserver
+from headwater.runner.pipeline import Pipeline
+from headwater.runner.router import EventRouter
+from headwater.runner.settings import Settings
+from headwater.runner.supervise import Component, supervise
+from headwater.runner.worker import Worker
+
+log = logging.getLogger(__name__)
+STOP_GRACE = 15.0
+
+
+async def serve(
+    settings: Settings,
+    pipelines: Sequence[Pipeline],
+    sources: Sequence[Source],
+    observer: RunObserver,
+    stopping: asyncio.Event,
+) -> None:
+    routes = {task.route for pipeline in pipelines for task in pipeline.tasks} | {"default"}
+    await _until_kafka_answers(settings, routes, stopping)
+    if stopping.is_set():
+        return
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        by_name = {pipeline.name: pipeline for pipeline in pipelines}
+        components: dict[str, Component] = {
+            "router": EventRouter(settings, pipelines, producer).run,
+            "control": ControlProcessor(settings, by_name, producer, observer).run,
+        }
+        for route in sorted(routes):
+            components[f"worker[{route}]"] = Worker(settings, by_name, producer, route).run
+        for source in sources:
+            components[f"bridge[{source.name}]"] = Pump(source, producer, settings.topics).run
+        tasks = [
+            asyncio.create_task(supervise(name, run, stopping), name=name)
+            for name, run in components.items()
+        ]
+        await stopping.wait()
+        _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        for task in late:
+            log.warning("%s did not stop within %.0fs; cancelling", task.get_name(), STOP_GRACE)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await producer.stop()
+
+
+async def _until_kafka_answers(
+    settings: Settings, routes: set[str], stopping: asyncio.Event
+) -> None:
+    delay = 0.5
+    while not stopping.is_set():
+        try:
+            await kafka.ensure_topics(settings, routes)
+            return
+        except Exception as exc:  # noqa: BLE001 - broker not there yet: wait for it
+            log.warning(
+                "Kafka at %s not reachable (%s); retrying in %.0fs",
+                settings.kafka.bootstrap,
+                exc,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(10.0, delay * 2)

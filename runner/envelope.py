@@ -1,0 +1,154 @@
+"""The event envelope: CloudEvents 1.0 in Kafka binary content mode, JSON data via orjson.
+
+Every event on the central log is built and read here, so all bridges and the runner agree
+on one shape. Binary mode puts attributes in ``ce_*`` headers and the data in the value,
+which the official ``cloudevents`` SDK reads with ``from_kafka``. headwater's extension
+attributes (see ``schemas/cloudevent.schema.json``):
+
+- ``hwbridge``: the bridge that brought the event in (``sqs``, ``pubsub``, ...);
+- ``hwmsgid``: the id of the source message it was made from (for tracing and the DLQ).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from headwater.runner.errors import BadMessage
+
+SPECVERSION = "1.0"
+JSON = "application/json"
+_REQUIRED = ("id", "source", "type", "specversion")
+_OPTIONAL = ("subject", "time", "datacontenttype", "dataschema")
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class CloudEvent:
+    """A CloudEvents 1.0 event whose data is JSON (or ``None``)."""
+
+    id: str
+    source: str
+    type: str
+    data: Any = None
+    subject: str | None = None
+    time: str | None = None
+    datacontenttype: str | None = JSON
+    dataschema: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+    specversion: str = SPECVERSION
+
+    def attributes(self) -> dict[str, str]:
+        """Context attributes (no data), as strings, ``None`` ones left out."""
+        attrs = {
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "specversion": self.specversion,
+        }
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                attrs[name] = value
+        attrs.update(self.extensions)
+        return attrs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The structured-mode JSON object (attributes plus ``data``)."""
+        out: dict[str, Any] = self.attributes()
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> CloudEvent:
+        """Read a structured-mode object; raises ``BadMessage`` naming what is wrong."""
+        if not isinstance(obj, dict):
+            raise BadMessage(f"a CloudEvent must be a JSON object, not {type(obj).__name__}")
+        missing = [name for name in _REQUIRED if not obj.get(name)]
+        if missing:
+            raise BadMessage(f"CloudEvent is missing required attribute(s): {', '.join(missing)}")
+        if obj["specversion"] != SPECVERSION:
+            raise BadMessage(f"unsupported CloudEvents specversion {obj['specversion']!r}")
+        known = {*_REQUIRED, *_OPTIONAL, "data", "data_base64"}
+        extensions = {}
+        for name, value in obj.items():
+            if name in known:
+                continue
+            if not _EXTENSION_NAME.match(name):
+                raise BadMessage(f"CloudEvent attribute name {name!r} is not lowercase a-z0-9")
+            extensions[name] = str(value)
+        for name in (*_REQUIRED, *_OPTIONAL):
+            if name in obj and not isinstance(obj[name], str):
+                raise BadMessage(f"CloudEvent attribute {name!r} must be a string")
+        return cls(
+            id=obj["id"],
+            source=obj["source"],
+            type=obj["type"],
+            data=obj.get("data"),
+            subject=obj.get("subject"),
+            time=obj.get("time"),
+            datacontenttype=obj.get("datacontenttype", JSON if "data" in obj else None),
+            dataschema=obj.get("dataschema"),
+            extensions=extensions,
+        )
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_iso() -> str:
+    """RFC 3339 UTC timestamp with millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_kafka(event: CloudEvent) -> tuple[Headers, bytes]:
+    """Binary content mode: ``ce_*`` headers and the JSON data as the value."""
+    headers: Headers = []
+    for name, text in event.attributes().items():
+        if name == "datacontenttype":
+            headers.append(("content-type", text.encode()))
+        else:
+            headers.append(("ce_" + name, text.encode()))
+    return headers, b"" if event.data is None else orjson.dumps(event.data)
+
+
+def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
+    """Read binary or structured mode from a Kafka record's headers and value.
+
+    Raises ``BadMessage`` with the reason when the record is not a valid CloudEvent.
+    """
+    attrs: dict[str, Any] = {}
+    content_type = None
+    for name, raw in headers or ():
+        lowered = name.lower()
+        if lowered.startswith("ce_"):
+            attrs[lowered[3:]] = raw.decode("utf-8", "replace")
+        elif lowered == "content-type":
+            content_type = raw.decode("utf-8", "replace")
+    if not attrs:  # structured mode: the whole event is the value
+        return CloudEvent.from_dict(_loads(value, "structured CloudEvent"))
+    if content_type is not None:
+        attrs["datacontenttype"] = content_type
+    if value:
+        if content_type is None or "json" in content_type:
+            attrs["data"] = _loads(value, "event data")
+        else:
+            attrs["data"] = value.decode("utf-8", "replace")
+    return CloudEvent.from_dict(attrs)
+
+
+def _loads(value: bytes | None, what: str) -> Any:
+    if not value:
+        raise BadMessage(f"{what} is empty")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"{what} is not valid JSON: {exc}") from None

@@ -1,0 +1,87 @@
+"""Observers: cross-cutting behaviour (progress output, metrics, lineage) as hooks.
+
+The control processor calls these after the state change they report was committed to
+Kafka, so an observer never reports something that a crash could undo. Observers must be
+quick and must not raise; a failing observer is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+from headwater.runner.state import Run, TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class RunObserver:
+    """Base class with no-op hooks; override what you need."""
+
+    def run_started(self, run: Run) -> None: ...
+
+    def task_finished(self, run: Run, task: str, record: TaskRecord) -> None: ...
+
+    def run_finished(self, run: Run) -> None: ...
+
+
+class Observers(RunObserver):
+    """Fans each hook out to several observers, isolating their failures."""
+
+    def __init__(self, observers: list[RunObserver]) -> None:
+        self._observers = observers
+
+    def run_started(self, run: Run) -> None:
+        for observer in self._observers:
+            _safely(observer.run_started, run)
+
+    def task_finished(self, run: Run, task: str, record: TaskRecord) -> None:
+        for observer in self._observers:
+            _safely(observer.task_finished, run, task, record)
+
+    def run_finished(self, run: Run) -> None:
+        for observer in self._observers:
+            _safely(observer.run_finished, run)
+
+
+def _safely(hook: object, *args: object) -> None:
+    try:
+        hook(*args)  # type: ignore[operator]
+    except Exception:
+        log.exception("observer %r failed", hook)
+
+
+class ConsoleProgress(RunObserver):
+    """Prints one line per run start, task outcome and run end (for ``headwater dev``)."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self._stream = stream
+
+    def _say(self, run: Run, text: str) -> None:
+        print(f"run {run.run_id[:8]} {run.pipeline}: {text}", file=self._stream, flush=True)
+
+    def run_started(self, run: Run) -> None:
+        event = run.event
+        self._say(run, f"started by {event.get('type')} {event.get('subject') or event.get('id')}")
+
+    def task_finished(self, run: Run, task: str, record: TaskRecord) -> None:
+        took = _millis(record.started_at, record.finished_at)
+        if record.status == "succeeded":
+            self._say(run, f"task {task} succeeded in {took}")
+        elif record.status == "retry_wait":
+            self._say(run, f"task {task} attempt {record.attempt} failed: {record.error}; retrying")
+        else:
+            self._say(
+                run,
+                f"task {task} {record.status} after {record.attempt} attempt(s): {record.error}",
+            )
+
+    def run_finished(self, run: Run) -> None:
+        self._say(run, f"{run.status} in {_millis(run.created_at, run.finished_at)}")
+
+
+def _millis(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "?"
+    return f"{(end - start) * 1000:.0f} ms"

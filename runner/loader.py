@@ -1,0 +1,361 @@
+"""Load pipeline files (YAML) into validated ``Pipeline`` models.
+
+A file is read with ruamel's round-trip loader (which keeps line numbers), checked against
+``headwater.schemas/pipeline.schema.json``, then against what a schema cannot say: ``needs``
+name other existing tasks, the tasks form a DAG, durations parse, and no string anywhere is
+a literal credential. Every problem is a line ``file:line: field: message``.
+
+What must always hold:
+- a ``Pipeline`` is returned only when none of the given files has any problem; otherwise
+  one ``PipelineErrors`` lists the problems of every file (each file's in line order);
+- the model holds plain Python values only (dict, list, str, int, float, bool, None);
+- ``Pipeline.tasks`` is in topological order of ``needs``, ready tasks in file order.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+from jsonschema import Draft202012Validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+from headwater.runner.errors import PipelineErrors
+from headwater.runner.pipeline import (
+    Backoff,
+    Comparison,
+    Condition,
+    Pipeline,
+    Task,
+    Trigger,
+    parse_duration,
+)
+from headwater.runner.schema_errors import DocPath, field_name, schema_problems
+from headwater.runner.secrets import credential_problem
+
+PathLike = str | os.PathLike[str]
+_SUFFIXES = (".yaml", ".yml")
+_DEFAULT_BACKOFF = Backoff()
+
+
+class _Problem(NamedTuple):
+    line: int
+    field: str
+    message: str
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """One file's outcome: a pipeline, or the problems that kept it from being one."""
+
+    shown: str
+    pipeline: Pipeline | None = None
+    problems: list[_Problem] = field(default_factory=list)
+    name: str | None = None
+    name_line: int = 1
+
+    def lines(self) -> list[str]:
+        ordered = sorted(dict.fromkeys(self.problems), key=lambda problem: problem.line)
+        return [f"{self.shown}:{line}: {name}: {message}" for line, name, message in ordered]
+
+
+def load_pipeline(path: PathLike) -> Pipeline:
+    """Load one pipeline file; raises ``PipelineErrors`` with all of its problems."""
+    loaded = _load_file(Path(path), os.fspath(path))
+    if loaded.pipeline is None:
+        raise PipelineErrors(loaded.lines())
+    return loaded.pipeline
+
+
+def load_pipelines(paths: Iterable[PathLike]) -> list[Pipeline]:
+    """Load files and directories (their ``*.yaml``/``*.yml``, sorted), all or nothing.
+
+    Raises one ``PipelineErrors`` with the problems of all files, including pipeline names
+    defined twice (reported at the later file's ``name``).
+    """
+    pipelines: list[Pipeline] = []
+    problems: list[str] = []
+    first_file: dict[str, str] = {}
+    for path, shown in _expand(paths):
+        loaded = _load_file(path, shown)
+        if loaded.name is not None:
+            first = first_file.setdefault(loaded.name, shown)
+            if first != shown:
+                message = f'pipeline "{loaded.name}" is already defined in {first}'
+                loaded.problems.append(_Problem(loaded.name_line, "name", message))
+                loaded.pipeline = None
+        problems += loaded.lines()
+        if loaded.pipeline is not None:
+            pipelines.append(loaded.pipeline)
+    if problems:
+        raise PipelineErrors(problems)
+    return pipelines
+
+
+def validate_paths(paths: Iterable[PathLike]) -> list[str]:
+    """The problems of ``paths`` as ``file:line: field: message`` lines (empty when valid)."""
+    try:
+        load_pipelines(paths)
+    except PipelineErrors as exc:
+        return exc.problems
+    return []
+
+
+def _expand(paths: Iterable[PathLike]) -> Iterator[tuple[Path, str]]:
+    """Files to load, each once, with the name to show for it (the path as given)."""
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            children = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+            found = [(child, os.fspath(path / child.name)) for child in children]
+        else:
+            found = [(path, os.fspath(given))]
+        for file, shown in found:
+            key = file.resolve()
+            if key not in seen:
+                seen.add(key)
+                yield file, shown
+
+
+def _load_file(path: Path, shown: str) -> _Loaded:
+    loaded = _Loaded(shown)
+    try:
+        root = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        loaded.problems.append(_Problem(1, "<file>", f"cannot read: {exc.strerror or exc}"))
+        return loaded
+    except UnicodeDecodeError:
+        loaded.problems.append(_Problem(1, "<file>", "cannot read: not UTF-8 text"))
+        return loaded
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        loaded.problems.append(_Problem(line, "<yaml>", problem))
+        return loaded
+
+    data = _plain(root)
+    loaded.problems = _problems(root, data)
+    if isinstance(data, dict) and isinstance(data.get("name"), str):
+        loaded.name, loaded.name_line = data["name"], _line_of(root, ("name",))
+    if not loaded.problems:
+        loaded.pipeline = _build(data, shown)
+    return loaded
+
+
+def _problems(root: Any, data: Any) -> list[_Problem]:
+    """The schema's problems, then those a schema cannot see; each at its line."""
+    found = [(p.path, p.message) for p in schema_problems(_schema(), data)]
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if isinstance(tasks, dict):
+        found += _needs_problems(tasks)
+        found += _duration_problems(tasks)
+    problems = [_Problem(_line_of(root, at), field_name(at), msg) for at, msg in found]
+    problems += [
+        _Problem(_line_of(root, at, of_value=True), field_name(at), msg)
+        for at, msg in _credential_problems(data)
+    ]
+    if isinstance(tasks, dict):
+        problems += [
+            _Problem(_line_of(root, ("tasks", cycle[0])), "tasks", "cycle " + " -> ".join(cycle))
+            for cycle in _cycles(tasks)
+        ]
+    return problems
+
+
+@functools.cache
+def _schema() -> Draft202012Validator:
+    schema = resources.files("headwater.schemas") / "pipeline.schema.json"
+    return Draft202012Validator(json.loads(schema.read_text(encoding="utf-8")))
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip values as plain Python ones (keys as strings, dates as ISO text)."""
+    if isinstance(node, dict):
+        return {str(key): _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    if isinstance(node, ScalarBoolean):  # an int subclass, so before int
+        return bool(node)
+    for kind in (bool, int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    if isinstance(node, date):  # also datetime
+        return node.isoformat()
+    return None if node is None else str(node)  # rare YAML types (!!binary, !!set) as text
+
+
+def _line_of(root: Any, path: DocPath, of_value: bool = False) -> int:
+    """1-based line of the key (or its value) or item at ``path``; if missing, its parent's."""
+    line = getattr(getattr(root, "lc", None), "line", 0) + 1
+    node = root
+    for step in path:
+        try:
+            if isinstance(node, CommentedMap):
+                key = next(key for key in node if str(key) == step)
+                place = node.lc.value(key) if of_value else node.lc.key(key)
+                line, node = place[0] + 1, node[key]
+            elif isinstance(node, CommentedSeq) and isinstance(step, int):
+                line, node = node.lc.item(step)[0] + 1, node[step]
+            else:
+                break
+        except (StopIteration, KeyError, IndexError, AttributeError):  # missing, or merged in
+            break
+    return line
+
+
+def _credential_problems(
+    node: Any, at: DocPath = (), key: str = ""
+) -> Iterator[tuple[DocPath, str]]:
+    """Literal credentials among the string values, ``key`` being the nearest mapping key."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _credential_problems(value, (*at, name), name)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _credential_problems(item, (*at, index), key)
+    elif isinstance(node, str):
+        problem = credential_problem(key, node)
+        if problem is not None:
+            yield at, problem
+
+
+def _needs_lists(tasks: dict[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+    for name, task in tasks.items():
+        if isinstance(task, dict) and isinstance(task.get("needs"), list):
+            yield name, task["needs"]
+
+
+def _needs_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    for name, needs in _needs_lists(tasks):
+        for index, need in enumerate(needs):
+            at: DocPath = ("tasks", name, "needs", index)
+            if need == name:
+                yield at, "a task cannot need itself"
+            elif isinstance(need, str) and need not in tasks:
+                yield at, f'unknown task "{need}"'
+
+
+def _duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    for name, task in tasks.items():
+        if not isinstance(task, dict):
+            continue
+        backoff = task.get("backoff")
+        places: list[tuple[DocPath, Any]] = [(("timeout",), task.get("timeout"))]
+        if isinstance(backoff, dict):
+            places += [(("backoff", key), backoff.get(key)) for key in ("initial", "max")]
+        for where, value in places:
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    yield ("tasks", name, *where), str(exc)
+
+
+def _edges(tasks: dict[str, Any]) -> dict[str, list[str]]:
+    """Task -> the tasks it needs, keeping only needs that name another existing task."""
+    edges: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, needs in _needs_lists(tasks):
+        edges[name] = [n for n in needs if isinstance(n, str) and n in tasks and n != name]
+    return edges
+
+
+def _cycles(tasks: dict[str, Any]) -> list[list[str]]:
+    """Each cycle found by a depth-first walk in file order, as ``[a, b, a]``."""
+    edges = _edges(tasks)
+    state: dict[str, str] = {}  # "open" while on the walk's stack, then "done"
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        stack.append(name)
+        for need in edges[name]:
+            if state.get(need) == "open":
+                cycles.append([*stack[stack.index(need) :], need])
+            elif need not in state:
+                visit(need)
+        stack.pop()
+        state[name] = "done"
+
+    for name in edges:
+        if name not in state:
+            visit(name)
+    return cycles
+
+
+def _topological(tasks: dict[str, Task]) -> tuple[Task, ...]:
+    """Kahn's algorithm; among ready tasks the one earliest in the file goes first."""
+    position = {name: index for index, name in enumerate(tasks)}
+    waiting = {name: set(task.needs) for name, task in tasks.items()}
+    needed_by: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, task in tasks.items():
+        for need in task.needs:
+            needed_by[need].append(name)
+    ready = [position[name] for name, needs in waiting.items() if not needs]
+    heapq.heapify(ready)
+    names = list(tasks)
+    ordered: list[Task] = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        ordered.append(tasks[name])
+        for later in needed_by[name]:
+            waiting[later].discard(name)
+            if not waiting[later]:
+                heapq.heappush(ready, position[later])
+    return tuple(ordered)
+
+
+def _build(data: dict[str, Any], file: str) -> Pipeline:
+    """The model of a file that passed every check."""
+    tasks = {name: _task(name, spec) for name, spec in data["tasks"].items()}
+    return Pipeline(
+        name=data["name"],
+        triggers=tuple(_trigger(spec) for spec in data["triggers"]),
+        tasks=_topological(tasks),
+        file=file,
+        description=data.get("description", ""),
+    )
+
+
+def _trigger(spec: dict[str, Any]) -> Trigger:
+    conditions: list[Condition] = []
+    for dotted, test in spec.get("data", {}).items():
+        path = tuple(dotted.split("."))
+        operators = test if isinstance(test, dict) else {"eq": test}
+        for op, value in operators.items():
+            conditions.append(Condition(path, cast(Comparison, op), value))
+    return Trigger(spec["type"], spec.get("source"), spec.get("subject"), tuple(conditions))
+
+
+def _task(name: str, spec: dict[str, Any]) -> Task:
+    given = spec.get("backoff", {})
+    backoff = {
+        "initial": parse_duration(given.get("initial", _DEFAULT_BACKOFF.initial)),
+        "maximum": parse_duration(given.get("max", _DEFAULT_BACKOFF.maximum)),
+        "multiplier": float(given.get("multiplier", _DEFAULT_BACKOFF.multiplier)),
+    }
+    timeout = spec.get("timeout")
+    return Task(
+        name=name,
+        kind="python" if "python" in spec else "command",
+        target=spec["python"] if "python" in spec else tuple(spec["command"]),
+        needs=tuple(spec.get("needs", ())),
+        retries=int(spec.get("retries", 0)),
+        backoff=Backoff(**backoff),
+        timeout=None if timeout is None else parse_duration(timeout),
+        route=spec.get("route", "default"),
+        params=spec.get("with", {}),
+    )

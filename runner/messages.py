@@ -1,0 +1,97 @@
+"""Wire formats of the runner's own topics: control messages, task requests, DLQ records.
+
+All are JSON (orjson) keyed by run id, except DLQ records (keyed by where they came
+from). ``decode_control`` raises ``BadMessage`` naming the field that is wrong, so a
+corrupt control record goes to the DLQ instead of stopping the run table.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from headwater.runner.envelope import now_iso
+from headwater.runner.errors import BadMessage
+from headwater.runner.state import ControlMessage, RetryDue, RunRequested, TaskFinished
+
+_KINDS: dict[str, type[RunRequested] | type[TaskFinished] | type[RetryDue]] = {
+    "run.requested": RunRequested,
+    "task.finished": TaskFinished,
+    "retry.due": RetryDue,
+}
+_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+
+
+def encode_control(message: ControlMessage) -> bytes:
+    return orjson.dumps({"kind": _KIND_OF[type(message)], **asdict(message)})
+
+
+def decode_control(value: bytes | None) -> ControlMessage:
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"control message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadMessage("control message must be a JSON object")
+    cls = _KINDS.get(obj.pop("kind", None))
+    if cls is None:
+        raise BadMessage(f"control message has unknown kind; expected one of {sorted(_KINDS)}")
+    try:
+        return cls(**obj)
+    except TypeError as exc:
+        raise BadMessage(f"control message {_KIND_OF[cls]}: {exc}") from None
+
+
+def encode_task_request(
+    run_id: str,
+    pipeline: str,
+    task: str,
+    attempt: int,
+    event: dict[str, Any],
+    upstream: dict[str, Any],
+) -> bytes:
+    return orjson.dumps(
+        {
+            "run_id": run_id,
+            "pipeline": pipeline,
+            "task": task,
+            "attempt": attempt,
+            "event": event,
+            "upstream": upstream,
+        }
+    )
+
+
+def decode_task_request(value: bytes | None) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"task request is not JSON: {exc}") from None
+    for name in ("run_id", "pipeline", "task", "attempt", "event", "upstream"):
+        if not isinstance(obj, dict) or name not in obj:
+            raise BadMessage(f"task request is missing {name!r}")
+    return dict(obj)
+
+
+def dlq_record(
+    reason: str,
+    origin: dict[str, Any],
+    payload: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> bytes:
+    """A DLQ entry: why, where from (source + message id, or topic/partition/offset), what.
+
+    The payload is kept whole: as text when it is UTF-8, base64 otherwise.
+    """
+    record: dict[str, Any] = {"reason": reason, "origin": origin, "at": now_iso()}
+    raw = payload or b""
+    try:
+        record["payload"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        record["payload_base64"] = base64.b64encode(raw).decode()
+    if headers:
+        record["headers"] = {k: v.decode("utf-8", "replace") for k, v in headers}
+    return orjson.dumps(record)

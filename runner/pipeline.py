@@ -1,0 +1,106 @@
+"""The pipeline model: what a validated pipeline file becomes.
+
+Instances are immutable and already checked (by ``headwater.runner.loader``): task names
+are unique, ``needs`` name existing tasks, and the tasks form a DAG. ``tasks`` is kept in a
+topological order, so "ready" tasks are found by a single pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+_DURATION = re.compile(r"^(.*?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists")
+Comparison = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists"]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """``data.<path> <op> <value>``, e.g. ``size gt 0`` or ``bucket eq "incoming"``."""
+
+    path: tuple[str, ...]
+    op: Comparison
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An event filter. ``type``/``source``/``subject`` are exact strings or globs."""
+
+    type: str
+    source: str | None = None
+    subject: str | None = None
+    conditions: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff between attempts: ``initial * multiplier**n``, capped, jittered."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def delay(self, failed_attempts: int, unit_random: float) -> float:
+        """Seconds to wait after ``failed_attempts`` failures; ``unit_random`` in [0, 1)."""
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, failed_attempts - 1))
+        return base * (1 + self.jitter * (2 * unit_random - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One node of the DAG: a Python callable (``module:function``) or a command."""
+
+    name: str
+    kind: Literal["python", "command"]
+    target: str | tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    retries: int = 0
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: float | None = None
+    route: str = "default"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A validated pipeline. ``tasks`` is in topological order of ``needs``."""
+
+    name: str
+    triggers: tuple[Trigger, ...]
+    tasks: tuple[Task, ...]
+    file: str = "<memory>"
+    description: str = ""
+
+    def task(self, name: str) -> Task:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(f"pipeline {self.name!r} has no task {name!r}")
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``90``, ``1.5``, ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``."""
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    text = value.strip()
+    match = _DURATION.match(text)
+    number, unit = (match.group(1), match.group(2)) if match else (text, "")
+    scale = _UNITS.get(unit, 1.0)
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 250ms") from None
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds

@@ -1,0 +1,126 @@
+"""Typed settings, built from the environment with defaults.
+
+Secrets are never literals here: SASL passwords come from references (``${env:NAME}``,
+``${file:/path}``) resolved when the client is built, and are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.runner.errors import ConfigError
+from headwater.runner.secrets import resolve_reference
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Names of the central log's topics, all under one prefix (default ``hw.``)."""
+
+    prefix: str = "hw."
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}control"
+
+    @property
+    def runs(self) -> str:
+        """The run table's changelog (compacted, co-partitioned with ``control``)."""
+        return f"{self.prefix}runs"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    @property
+    def completions(self) -> str:
+        return f"{self.prefix}completions"
+
+    def tasks(self, route: str) -> str:
+        return f"{self.prefix}tasks.{route}"
+
+    def group(self, role: str) -> str:
+        """Consumer group id of one role (router, control, workers.<route>)."""
+        return f"{self.prefix}{role}"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach the broker. ``password`` is a secret reference, resolved late."""
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    partitions: int = 3
+    replication: int = 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        """Read ``HEADWATER_KAFKA*`` variables; unknown ``HEADWATER_KAFKA_*`` keys are errors."""
+        env = os.environ if env is None else env
+        known = {
+            "HEADWATER_KAFKA",
+            "HEADWATER_KAFKA_SECURITY_PROTOCOL",
+            "HEADWATER_KAFKA_SASL_MECHANISM",
+            "HEADWATER_KAFKA_USERNAME",
+            "HEADWATER_KAFKA_PASSWORD",
+            "HEADWATER_KAFKA_PARTITIONS",
+            "HEADWATER_KAFKA_REPLICATION",
+            "HEADWATER_KAFKA_PORT",  # used by the local test server scripts
+        }
+        unknown = sorted(k for k in env if k.startswith("HEADWATER_KAFKA") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown Kafka setting(s): {', '.join(unknown)}")
+        try:
+            partitions = int(env.get("HEADWATER_KAFKA_PARTITIONS", "3"))
+            replication = int(env.get("HEADWATER_KAFKA_REPLICATION", "1"))
+        except ValueError as exc:
+            raise ConfigError(f"HEADWATER_KAFKA_PARTITIONS/REPLICATION: {exc}") from None
+        return cls(
+            bootstrap=env.get("HEADWATER_KAFKA", DEFAULT_BOOTSTRAP),
+            security_protocol=env.get("HEADWATER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=env.get("HEADWATER_KAFKA_SASL_MECHANISM"),
+            username=env.get("HEADWATER_KAFKA_USERNAME"),
+            password=env.get("HEADWATER_KAFKA_PASSWORD"),
+            partitions=partitions,
+            replication=replication,
+        )
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by every aiokafka client."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.username
+            if self.password:
+                options["sasl_plain_password"] = resolve_reference(self.password)
+        return options
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a headwater process needs to reach the log."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
+        )

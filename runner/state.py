@@ -1,0 +1,204 @@
+"""The run state machine: a run is a fold over its control messages. Pure, no I/O.
+
+``step`` takes the current run (or ``None``), one control message, the pipeline, the
+time and a random number, and returns a ``Transition``: the new run and the effects to
+carry out. What
+must always hold:
+
+- a run id is derived from pipeline + trigger event id, so a second ``RunRequested`` for
+  the same id changes nothing and causes nothing (that is the trigger dedup);
+- a ``TaskFinished`` counts only for the attempt currently dispatched; a replayed or late
+  result changes nothing;
+- a finished run never changes again, and ``Finish`` is emitted exactly once per run.
+
+A task that fails after its last attempt fails the run; tasks that need it are skipped,
+independent branches still finish, and the run ends when no task can make progress.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from headwater.runner.pipeline import Pipeline
+
+TaskStatus = Literal["pending", "dispatched", "retry_wait", "succeeded", "failed", "skipped"]
+RunStatus = Literal["running", "succeeded", "failed"]
+_NAMESPACE = uuid.UUID("6f1a7c36-6a8e-4b0e-9a43-2d1f3c9b7e10")
+
+
+def run_id_for(pipeline: str, event_id: str, event_source: str) -> str:
+    """The run id of ``pipeline`` triggered by one event (CloudEvents: id + source)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{pipeline}\x00{event_source}\x00{event_id}"))
+
+
+# --- control messages (the run's only input) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequested:
+    run_id: str
+    pipeline: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    run_id: str
+    task: str
+    attempt: int
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDue:
+    run_id: str
+    task: str
+    attempt: int
+
+
+ControlMessage = RunRequested | TaskFinished | RetryDue
+
+
+# --- effects (what the shell must do) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    task: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRetry:
+    task: str
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    status: RunStatus
+
+
+Effect = Dispatch | ScheduleRetry | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of one ``step``. ``applied`` is false when the message was a no-op
+    (a duplicate trigger, a replayed result, a message for a finished run)."""
+
+    run: Run | None
+    effects: list[Effect] = field(default_factory=list)
+    applied: bool = True
+
+
+# --- state -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    status: TaskStatus = "pending"
+    attempt: int = 0
+    output: Any = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    retry_at: float | None = None
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    pipeline: str
+    event: dict[str, Any]
+    created_at: float
+    status: RunStatus = "running"
+    finished_at: float | None = None
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Run:
+        tasks = {name: TaskRecord(**record) for name, record in obj.pop("tasks").items()}
+        return cls(**obj, tasks=tasks)
+
+    def upstream_outputs(self, pipeline: Pipeline, task: str) -> dict[str, Any]:
+        return {need: self.tasks[need].output for need in pipeline.task(task).needs}
+
+
+def step(
+    run: Run | None, message: ControlMessage, pipeline: Pipeline, now: float, rand: float
+) -> Transition:
+    """Apply one control message to ``run`` (mutated in place, or created)."""
+    match message:
+        case RunRequested() if run is None:
+            run = Run(
+                run_id=message.run_id,
+                pipeline=message.pipeline,
+                event=message.event,
+                created_at=now,
+                tasks={task.name: TaskRecord() for task in pipeline.tasks},
+            )
+            return Transition(run, _advance(run, pipeline, now))
+        case TaskFinished() if run is not None and run.status == "running":
+            return _task_finished(run, message, pipeline, now, rand)
+        case RetryDue() if run is not None and run.status == "running":
+            record = run.tasks.get(message.task)
+            if record is None or record.status != "retry_wait" or record.attempt != message.attempt:
+                return Transition(run, applied=False)
+            record.status, record.retry_at = "dispatched", None
+            record.attempt += 1
+            return Transition(run, [Dispatch(message.task, record.attempt)])
+    return Transition(run, applied=False)
+
+
+def _task_finished(
+    run: Run, message: TaskFinished, pipeline: Pipeline, now: float, rand: float
+) -> Transition:
+    record = run.tasks.get(message.task)
+    if record is None or record.status != "dispatched" or record.attempt != message.attempt:
+        return Transition(run, applied=False)  # a replayed or late result: already counted
+    if record.started_at is None:
+        record.started_at = message.started_at
+    record.finished_at = message.finished_at
+    if message.ok:
+        record.status, record.output, record.error = "succeeded", message.output, None
+        return Transition(run, _advance(run, pipeline, now))
+    record.error = message.error
+    task = pipeline.task(message.task)
+    if record.attempt < task.max_attempts:
+        at = now + task.backoff.delay(record.attempt, rand)
+        record.status, record.retry_at = "retry_wait", at
+        return Transition(run, [ScheduleRetry(message.task, record.attempt, at)])
+    record.status = "failed"
+    return Transition(run, _advance(run, pipeline, now))
+
+
+def _advance(run: Run, pipeline: Pipeline, now: float) -> list[Effect]:
+    """Dispatch every task whose needs succeeded; skip those that can never run; finish."""
+    effects: list[Effect] = []
+    for task in pipeline.tasks:  # topological order: a skip propagates in one pass
+        record = run.tasks[task.name]
+        if record.status != "pending":
+            continue
+        needs = [run.tasks[need].status for need in task.needs]
+        if any(status in ("failed", "skipped") for status in needs):
+            record.status = "skipped"
+        elif all(status == "succeeded" for status in needs):
+            record.status, record.attempt = "dispatched", 1
+            effects.append(Dispatch(task.name, 1))
+    statuses = [record.status for record in run.tasks.values()]
+    if all(status in ("succeeded", "failed", "skipped") for status in statuses):
+        run.status = "failed" if "failed" in statuses else "succeeded"
+        run.finished_at = now
+        effects.append(Finish(run.status))
+    return effects

@@ -1,0 +1,1 @@
+"""JSON Schemas, the contract with the outside world (package data)."""

@@ -1,0 +1,60 @@
+"""Shared fixtures. Integration tests run against the real servers started by
+``tests/servers/services.py`` (Kafka, moto); each test gets its own topic prefix and its
+own queue and bucket names."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from headwater.runner.settings import Settings, Topics
+from tests.servers.services import KafkaServer, MotoServer
+
+AWS_REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> KafkaServer:
+    server = KafkaServer()
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> MotoServer:
+    server = MotoServer()
+    server.start()
+    return server
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(kafka_server: KafkaServer, unique: str) -> Settings:
+    base = Settings.from_env({"HEADWATER_KAFKA": kafka_server.bootstrap})
+    return Settings(kafka=base.kafka, topics=Topics(prefix=f"t{unique}."))
+
+
+@pytest.fixture
+def aws_env(moto_server: MotoServer) -> Iterator[dict[str, str]]:
+    """Dummy credentials and the moto endpoint, for the test and its child processes."""
+    values = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": AWS_REGION,
+        "AWS_ENDPOINT_URL": moto_server.endpoint_url,
+    }
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    yield values
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -1,0 +1,205 @@
+"""End to end against the real servers: S3 (moto) -> SQS -> bridge -> Kafka -> runner ->
+tasks calling the S3 API -> one completion event, read as a downstream service would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
+from cloudevents.core.formats.json import JSONFormat
+
+from headwater.runner.settings import Settings, Topics
+from tests.conftest import AWS_REGION
+from tests.kafkatools import read_topic, wait_caught_up
+from tests.processes import HeadwaterProcess
+from tests.servers.services import KafkaServer, MotoServer
+
+pytestmark = pytest.mark.integration
+PIPELINES = Path(__file__).parent.parent / "fixtures" / "pipelines"
+CSV = b"name,amount\nwidget,2.50\ngadget,4.00\n"
+
+
+class Stack:
+    """One bucket with an ObjectCreated notification to one queue, bridged by one
+    ``headwater dev`` process, all under one topic prefix."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        s3: Any,
+        sqs: Any,
+        bucket: str,
+        queue_url: str,
+        process: HeadwaterProcess,
+    ) -> None:
+        self.settings = settings
+        self.s3 = s3
+        self.sqs = sqs
+        self.bucket = bucket
+        self.queue_url = queue_url
+        self.process = process
+
+    async def completions(self, subject_key: str, count: int = 1) -> list[Any]:
+        """Wait for ``count`` completions triggered by the object ``subject_key``."""
+
+        def mine(records: list[Any]) -> list[Any]:
+            return [r for r in records if _trigger_subject(r).endswith("/" + subject_key)]
+
+        records = await read_topic(
+            self.settings, self.settings.topics.completions, lambda rs: len(mine(rs)) >= count
+        )
+        return mine(records)
+
+    async def settled(self) -> None:
+        """Every event so far routed and every control message processed."""
+        topics = self.settings.topics
+        await wait_caught_up(self.settings, "router", topics.events)
+        await wait_caught_up(self.settings, "control", topics.control)
+
+
+def _trigger_subject(record: Any) -> str:
+    return str(orjson.loads(record.value)["trigger"].get("subject") or "")
+
+
+def _cloudevent(record: Any) -> Any:
+    message = KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
+    return from_kafka(message, JSONFormat())
+
+
+@pytest.fixture(scope="module")
+def stack(
+    kafka_server: KafkaServer, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    unique = uuid.uuid4().hex[:10]
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": AWS_REGION,
+        "AWS_ENDPOINT_URL": moto_server.endpoint_url,
+    }
+    session = boto3.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=AWS_REGION
+    )
+    s3 = session.client("s3", endpoint_url=moto_server.endpoint_url)
+    sqs = session.client("sqs", endpoint_url=moto_server.endpoint_url)
+    bucket, queue = f"bucket-{unique}", f"queue-{unique}"
+    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"QueueArn": arn["Attributes"]["QueueArn"], "Events": ["s3:ObjectCreated:*"]}
+            ],
+        },
+    )
+    settings = Settings(
+        kafka=Settings.from_env({"HEADWATER_KAFKA": kafka_server.bootstrap}).kafka,
+        topics=Topics(prefix=f"t{unique}."),
+    )
+    log = tmp_path_factory.mktemp("dev") / "headwater.log"
+    process = HeadwaterProcess(
+        ["dev", str(PIPELINES), "--sqs", queue_url], settings, log, env=env
+    ).start()
+    process.wait_for_output("headwater dev:")
+    try:
+        yield Stack(settings, s3, sqs, bucket, queue_url, process)
+    finally:
+        assert process.stop() == 0, process.output()
+
+
+async def test_object_put_runs_three_chained_tasks_and_completes_once(stack: Stack) -> None:
+    key = "incoming/sales.csv"
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=CSV)
+
+    [record] = await stack.completions(key)
+    event = _cloudevent(record)
+    assert event.get_type() == "headwater.run.succeeded"
+    assert record.key == b"s3-report"
+    data = event.get_data()
+    assert data["pipeline"] == "s3-report"
+    assert data["trigger"]["type"] == "aws.s3.object.created"
+    assert data["trigger"]["subject"] == f"s3://{stack.bucket}/{key}"
+    assert [data["tasks"][t]["status"] for t in ("read", "total", "write")] == ["succeeded"] * 3
+    assert data["tasks"]["total"]["output"] == {"rows": 2, "total": 6.5}
+    result_key = data["tasks"]["write"]["output"]["key"]
+    result = stack.s3.get_object(Bucket=stack.bucket, Key=result_key)["Body"].read()
+    assert result == b"rows=2 total=6.50\n"
+
+    await stack.settled()
+    assert len(await stack.completions(key)) == 1
+
+
+async def test_redelivered_s3_event_starts_no_second_run(stack: Stack) -> None:
+    key = "incoming/twice.csv"
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=CSV)
+    [first] = await stack.completions(key)
+
+    events = await read_topic(
+        stack.settings,
+        stack.settings.topics.events,
+        lambda rs: any(_subject_header(r).endswith(key) for r in rs),
+    )
+    original = next(r for r in events if _subject_header(r).endswith(key))
+    notification = orjson.loads(original.value)["notification"]
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=json.dumps({"Records": [notification]})
+    )
+
+    def both_copies(records: list[Any]) -> bool:
+        return sum(1 for r in records if _subject_header(r).endswith(key)) >= 2
+
+    events = await read_topic(stack.settings, stack.settings.topics.events, both_copies)
+    ids = {dict(r.headers)["ce_id"] for r in events if _subject_header(r).endswith(key)}
+    assert len(ids) == 1, "the resent notification must map to the same event id"
+
+    await stack.settled()
+    completions = await stack.completions(key)
+    assert [c.value for c in completions] == [first.value]
+
+
+async def test_malformed_messages_go_to_dlq_and_the_stream_continues(stack: Stack) -> None:
+    broken = stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody="{not json")
+    missing_key = stack.sqs.send_message(
+        QueueUrl=stack.queue_url,
+        MessageBody=json.dumps(
+            {
+                "Records": [
+                    {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": stack.bucket}}}
+                ]
+            }
+        ),
+    )
+    key = "incoming/after-bad.csv"
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=CSV)
+
+    [completion] = await stack.completions(key)
+    assert _cloudevent(completion).get_type() == "headwater.run.succeeded"
+
+    wanted = {broken["MessageId"], missing_key["MessageId"]}
+
+    def both(records: list[Any]) -> bool:
+        return wanted <= {orjson.loads(r.value)["origin"].get("message_id") for r in records}
+
+    dlq = {
+        orjson.loads(r.value)["origin"]["message_id"]: orjson.loads(r.value)
+        for r in await read_topic(stack.settings, stack.settings.topics.dlq, both)
+    }
+    assert "not valid JSON" in dlq[broken["MessageId"]]["reason"]
+    assert dlq[broken["MessageId"]]["payload"] == "{not json"
+    assert dlq[broken["MessageId"]]["origin"]["source"] == stack.queue_url
+    assert dlq[missing_key["MessageId"]]["reason"] == (
+        "S3 notification Records[0] has no s3.object.key"
+    )
+
+
+def _subject_header(record: Any) -> str:
+    return dict(record.headers).get("ce_subject", b"").decode()

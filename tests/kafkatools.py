@@ -1,0 +1,71 @@
+"""Test helpers that read the central log the way a downstream service would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from headwater.runner.settings import Settings
+
+
+async def read_topic(
+    settings: Settings, topic: str, until: Callable[[list[Any]], bool], within: float = 60.0
+) -> list[Any]:
+    """Read ``topic`` from the beginning (committed records only) until ``until(records)``
+    holds; fails with what was read if the deadline passes first."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + within
+    try:
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}; got {len(records)}: {records}")
+            batch = await consumer.getmany(timeout_ms=250)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def wait_caught_up(settings: Settings, role: str, topic: str, within: float = 60.0) -> None:
+    """Poll until consumer group ``role`` has committed up to the end of ``topic``:
+    everything written there so far has been fully processed."""
+    group = settings.topics.group(role)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None)
+    await admin.start()
+    await probe.start()
+    deadline = time.monotonic() + within
+    try:
+        partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
+        if not partitions:
+            await probe.topics()
+            partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
+        while True:
+            ends = await probe.end_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(group)
+            lag = {
+                tp: end - (committed[tp].offset if tp in committed else 0)
+                for tp, end in ends.items()
+            }
+            if all(v <= 0 for v in lag.values()):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"group {group} still behind on {topic}: {lag}")
+            await asyncio.sleep(0.2)
+    finally:
+        await probe.stop()
+        await admin.close()
