@@ -4,6 +4,7 @@ tasks calling the S3 API -> one completion event, read as a downstream service w
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,13 @@ from cloudevents.core.formats.json import JSONFormat
 from headwater.runner.settings import Settings, Topics
 from tests.conftest import AWS_REGION
 from tests.kafkatools import read_topic, wait_caught_up
-from tests.processes import HeadwaterProcess
+from tests.processes import HEADWATER, HeadwaterProcess
 from tests.servers.services import KafkaServer, MotoServer
 
 pytestmark = pytest.mark.integration
-PIPELINES = Path(__file__).parent.parent / "fixtures" / "pipelines"
-CSV = b"name,amount\nwidget,2.50\ngadget,4.00\n"
+ROOT = Path(__file__).parent.parent.parent
+PIPELINES = [str(ROOT / "examples"), str(ROOT / "tests" / "fixtures" / "pipelines")]
+CSV = (ROOT / "examples" / "data" / "sales.csv").read_bytes()
 
 
 class Stack:
@@ -50,7 +52,7 @@ class Stack:
         """Wait for ``count`` completions triggered by the object ``subject_key``."""
 
         def mine(records: list[Any]) -> list[Any]:
-            return [r for r in records if _trigger_subject(r).endswith("/" + subject_key)]
+            return [r for r in records if _trigger_subject(r).endswith(subject_key)]
 
         records = await read_topic(
             self.settings, self.settings.topics.completions, lambda rs: len(mine(rs)) >= count
@@ -107,7 +109,7 @@ def stack(
     )
     log = tmp_path_factory.mktemp("dev") / "headwater.log"
     process = HeadwaterProcess(
-        ["dev", str(PIPELINES), "--sqs", queue_url], settings, log, env=env
+        ["dev", *PIPELINES, "--sqs", queue_url], settings, log, env=env
     ).start()
     process.wait_for_output("headwater dev:")
     try:
@@ -123,16 +125,16 @@ async def test_object_put_runs_three_chained_tasks_and_completes_once(stack: Sta
     [record] = await stack.completions(key)
     event = _cloudevent(record)
     assert event.get_type() == "headwater.run.succeeded"
-    assert record.key == b"s3-report"
+    assert record.key == b"csv-report"
     data = event.get_data()
-    assert data["pipeline"] == "s3-report"
+    assert data["pipeline"] == "csv-report"
     assert data["trigger"]["type"] == "aws.s3.object.created"
     assert data["trigger"]["subject"] == f"s3://{stack.bucket}/{key}"
     assert [data["tasks"][t]["status"] for t in ("read", "total", "write")] == ["succeeded"] * 3
-    assert data["tasks"]["total"]["output"] == {"rows": 2, "total": 6.5}
+    assert data["tasks"]["total"]["output"] == {"rows": 3, "total": 18.75}
     result_key = data["tasks"]["write"]["output"]["key"]
     result = stack.s3.get_object(Bucket=stack.bucket, Key=result_key)["Body"].read()
-    assert result == b"rows=2 total=6.50\n"
+    assert result == b"rows=3 total=18.75\n"
 
     await stack.settled()
     assert len(await stack.completions(key)) == 1
@@ -203,3 +205,34 @@ async def test_malformed_messages_go_to_dlq_and_the_stream_continues(stack: Stac
 
 def _subject_header(record: Any) -> str:
     return dict(record.headers).get("ce_subject", b"").decode()
+
+
+async def test_a_failing_task_is_retried_then_fails_the_run_once(stack: Stack) -> None:
+    subject = f"job-{uuid.uuid4().hex[:8]}"
+    published = subprocess.run(
+        [HEADWATER, "publish", "--type", "test.fail", "--subject", subject, "--data", '{"n": 1}'],
+        env=stack.process.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    event_id = published.stdout.strip()
+
+    [record] = await stack.completions(subject)
+    event = _cloudevent(record)
+    assert event.get_type() == "headwater.run.failed"
+    data = event.get_data()
+    assert data["trigger"]["id"] == event_id
+    assert data["tasks"]["prepare"] == {
+        **data["tasks"]["prepare"],
+        "status": "succeeded",
+        "output": {"ready": True},
+    }
+    explode = data["tasks"]["explode"]
+    assert (explode["status"], explode["attempts"]) == ("failed", 3)
+    assert explode["error"] == f"ValueError: cannot process {subject} (attempt 3)"
+    assert data["tasks"]["never"]["status"] == "skipped"
+    assert data["error"] == f"task explode failed: ValueError: cannot process {subject} (attempt 3)"
+    await stack.settled()
+    assert len(await stack.completions(subject)) == 1

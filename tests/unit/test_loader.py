@@ -74,7 +74,9 @@ def test_valid_file_loads_into_the_model(tmp_path: Path) -> None:
     assert pipeline.file == str(path)
     (trigger,) = pipeline.triggers
     assert (trigger.type, trigger.source, trigger.subject) == (
-        "aws.s3.object.created", "aws:s3*", "s3://incoming/*.csv"
+        "aws.s3.object.created",
+        "aws:s3*",
+        "s3://incoming/*.csv",
     )
     assert trigger.conditions == (
         Condition(("size",), "gt", 0),
@@ -86,7 +88,10 @@ def test_valid_file_loads_into_the_model(tmp_path: Path) -> None:
     assert [task.name for task in pipeline.tasks] == ["read", "summarise", "notify"]
     read, summarise, notify = pipeline.tasks
     assert (read.kind, read.target, read.retries, read.route) == (
-        "python", "csv_tasks.io:read_object", 2, "slow"
+        "python",
+        "csv_tasks.io:read_object",
+        2,
+        "slow",
     )
     assert read.backoff == Backoff(initial=0.25, maximum=30.0, multiplier=3.0)
     assert read.timeout == 300.0
@@ -99,8 +104,12 @@ def test_valid_file_loads_into_the_model(tmp_path: Path) -> None:
 def test_model_holds_plain_python_values(tmp_path: Path) -> None:
     pipeline = load_pipeline(write(tmp_path, VALID))
     params = pipeline.task("read").params
-    assert params == {"token": "${env:TOKEN}", "columns": ["a", "b"], "limit": 1.5,
-                      "nested": {"on": True}}
+    assert params == {
+        "token": "${env:TOKEN}",
+        "columns": ["a", "b"],
+        "limit": 1.5,
+        "nested": {"on": True},
+    }
     assert type(params) is dict and type(params["nested"]) is dict
     assert type(params["columns"]) is list and type(params["limit"]) is float
     assert type(pipeline.triggers[0].conditions[1].value) is float
@@ -162,7 +171,7 @@ def test_file_order_breaks_ties_between_ready_tasks(tmp_path: Path) -> None:
         ),
         pytest.param(
             "  a:\n    python: csv_tasks.read\n",
-            '6: tasks.a.python: must be a Python target such as package.module:function '
+            "6: tasks.a.python: must be a Python target such as package.module:function "
             '(got "csv_tasks.read")',
             id="bad-python-target",
         ),

@@ -1,0 +1,43 @@
+"""The ``headwater validate`` command as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.processes import HEADWATER
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "pipelines"
+
+
+def test_validate_accepts_good_files() -> None:
+    done = subprocess.run(
+        [HEADWATER, "validate", str(FIXTURES)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "ok: 1 pipeline(s) valid\n")
+
+
+def test_validate_reports_file_line_field_and_exits_non_zero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\n"
+        "triggers:\n"
+        "  - type: aws.s3.object.created\n"
+        "    colour: blue\n"
+        "tasks:\n"
+        "  read:\n"
+        "    python: tasks:read\n"
+        "    retries: two\n"
+        "  write:\n"
+        "    python: tasks:write\n"
+        "    needs: [reed]\n"
+    )
+    done = subprocess.run(
+        [HEADWATER, "validate", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"{bad}:4: triggers[0].colour: unknown field",
+        f'{bad}:8: tasks.read.retries: must be an integer between 0 and 100 (got "two")',
+        f'{bad}:11: tasks.write.needs[0]: unknown task "reed"',
+    ]
