@@ -34,7 +34,7 @@ services-down:
 status: venv
 	$(SERVICES) status
 
-test: venv services
+test: venv lint services
 	$(PY) -m pytest -q
 
 test-unit: venv

@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("aiokafka").setLevel(logging.ERROR)
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return int(args.command(args))
     except ConfigError as exc:

@@ -224,14 +224,17 @@ class ControlProcessor:
     async def restore(self, partition: int) -> None:
         """Load a partition's runs from the changelog and re-arm their retry timers."""
         runs = await _read_changelog(self._settings, self._topics.runs, partition)
-        self._runs[partition] = runs
-        self._timers.setdefault(partition, set())
-        for run in runs.values():
-            for name, task in run.tasks.items():
-                if run.status == "running" and task.status == "retry_wait":
-                    due = RetryDue(run.run_id, name, task.attempt)
-                    self._arm(partition, due, task.retry_at or self._clock())
-        log.info("partition %d: restored %d run(s)", partition, len(runs))
+        async with self._lock:
+            self._runs[partition] = runs
+            for handle in self._timers.pop(partition, set()):
+                handle.cancel()
+            self._timers[partition] = set()
+            for run in runs.values():
+                for name, task in run.tasks.items():
+                    if run.status == "running" and task.status == "retry_wait":
+                        due = RetryDue(run.run_id, name, task.attempt)
+                        self._arm(partition, due, task.retry_at or self._clock())
+        log.debug("partition %d: restored %d run(s)", partition, len(runs))
 
     async def forget(self, partition: int) -> None:
         async with self._lock:

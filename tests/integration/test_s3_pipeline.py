@@ -3,8 +3,8 @@ tasks calling the S3 API -> one completion event, read as a downstream service w
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,15 +209,21 @@ def _subject_header(record: Any) -> str:
 
 async def test_a_failing_task_is_retried_then_fails_the_run_once(stack: Stack) -> None:
     subject = f"job-{uuid.uuid4().hex[:8]}"
-    published = subprocess.run(
-        [HEADWATER, "publish", "--type", "test.fail", "--subject", subject, "--data", '{"n": 1}'],
+    publish = await asyncio.create_subprocess_exec(
+        HEADWATER,
+        "publish",
+        "--type",
+        "test.fail",
+        "--subject",
+        subject,
+        "--data",
+        '{"n": 1}',
         env=stack.process.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        stdout=asyncio.subprocess.PIPE,
     )
-    event_id = published.stdout.strip()
+    stdout, _ = await asyncio.wait_for(publish.communicate(), 60)
+    assert publish.returncode == 0
+    event_id = stdout.decode().strip()
 
     [record] = await stack.completions(subject)
     event = _cloudevent(record)
