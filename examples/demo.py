@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.aws import bucket_notifying_queue  # noqa: E402
 from tests.servers.services import BackgroundServer, KafkaServer, MotoServer  # noqa: E402
 
 BUCKET, QUEUE, REGION = "headwater-demo", "headwater-demo-incoming", "us-east-1"
@@ -63,17 +64,7 @@ def run_demo(bootstrap: str, endpoint: str) -> int:
     os.environ.update(env)
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     say(f"bucket s3://{BUCKET} notifies queue {QUEUE} on ObjectCreated (moto at {endpoint})")
-    queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_bucket_notification_configuration(
-        Bucket=BUCKET,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn["Attributes"]["QueueArn"], "Events": ["s3:ObjectCreated:*"]}
-            ]
-        },
-    )
+    queue_url = bucket_notifying_queue(s3, sqs, BUCKET, QUEUE)
 
     headwater = str(Path(sys.executable).with_name("headwater"))
     say(f"headwater dev examples/ --sqs {queue_url}")

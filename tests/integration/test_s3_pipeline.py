@@ -17,6 +17,7 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from headwater.runner.settings import Settings, Topics
+from tests.aws import bucket_notifying_queue
 from tests.conftest import AWS_REGION
 from tests.kafkatools import read_topic, wait_caught_up
 from tests.processes import HEADWATER, HeadwaterProcess
@@ -92,17 +93,7 @@ def stack(
     s3 = session.client("s3", endpoint_url=moto_server.endpoint_url)
     sqs = session.client("sqs", endpoint_url=moto_server.endpoint_url)
     bucket, queue = f"bucket-{unique}", f"queue-{unique}"
-    queue_url = sqs.create_queue(QueueName=queue)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn["Attributes"]["QueueArn"], "Events": ["s3:ObjectCreated:*"]}
-            ],
-        },
-    )
+    queue_url = bucket_notifying_queue(s3, sqs, bucket, queue)
     settings = Settings(
         kafka=Settings.from_env({"HEADWATER_KAFKA": kafka_server.bootstrap}).kafka,
         topics=Topics(prefix=f"t{unique}."),
