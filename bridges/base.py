@@ -7,13 +7,17 @@ cloud does (SQS ``DeleteMessageBatch``, Pub/Sub acknowledge lists, Service Bus l
 
 A dropped connection raises ``NotConnected`` (from ``receive``/``ack``/``nack``); the pump
 then closes the source and calls ``connect`` again with backoff.
+
+A source whose service has a dead-letter queue of its own (Service Bus) also implements
+``DeadLettering``; for the others, the pump writes a delivery that cannot be mapped to
+Kafka's DLQ topic and then acks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(slots=True)
@@ -57,3 +61,10 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeadLettering(Protocol):
+    """A source that dead-letters unmappable messages in its own service."""
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...

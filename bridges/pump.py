@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from headwater.bridges.base import Delivery, Source
+from headwater.bridges.base import DeadLettering, Delivery, Source
 from headwater.bridges.mapping import to_cloudevents
 from headwater.runner import kafka
 from headwater.runner.envelope import to_kafka
@@ -90,6 +90,15 @@ class Pump:
             try:
                 pending.append((delivery, await self._send_events(delivery)))
             except BadMessage as exc:
+                if isinstance(self._source, DeadLettering):
+                    log.warning(
+                        "%s: message %s dead-lettered: %s",
+                        self._source.name,
+                        delivery.message_id,
+                        exc,
+                    )
+                    await self._source.dead_letter(delivery, str(exc))
+                    continue
                 pending.append((delivery, [await self._send_dlq(delivery, str(exc))]))
             except Exception as exc:  # noqa: BLE001 - Kafka refused the send: redeliver later
                 log.warning("%s: cannot write to Kafka: %s", self._source.name, exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from headwater.bridges import sources
 from headwater.bridges.base import Source
 from headwater.runner import kafka
 from headwater.runner.engine import serve
@@ -51,19 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run bridges + runner + worker in one process")
     dev.add_argument("pipelines", nargs="+", type=Path, help="pipeline files or directories")
-    dev.add_argument(
-        "--sqs",
-        action="append",
-        default=[],
-        metavar="QUEUE_URL",
-        help="bridge this SQS queue (repeatable)",
-    )
-    dev.add_argument(
-        "--aws-endpoint",
-        default=None,
-        help="AWS endpoint URL (default: AWS_ENDPOINT_URL or AWS itself)",
-    )
-    dev.add_argument("--aws-region", default=None, help="AWS region (default: AWS chain)")
+    sources.add_arguments(dev)
     dev.set_defaults(command=_dev)
 
     validate = commands.add_parser("validate", help="check pipeline files")
@@ -102,20 +91,13 @@ def _dev(args: argparse.Namespace) -> int:
     for path in args.pipelines:  # tasks' modules live beside the pipeline files
         folder = path if path.is_dir() else path.parent
         sys.path.insert(0, str(folder.resolve()))
-    sources: list[Source] = []
-    if args.sqs:
-        from headwater.bridges.sqs import SqsSource  # needs the [aws] extra
-
-        sources += [
-            SqsSource(url, region=args.aws_region, endpoint_url=args.aws_endpoint)
-            for url in args.sqs
-        ]
+    bridged = sources.build(args)
     print(
-        f"headwater dev: {len(pipelines)} pipeline(s), {len(sources)} source(s), "
+        f"headwater dev: {len(pipelines)} pipeline(s), {len(bridged)} source(s), "
         f"Kafka {settings.kafka.bootstrap}, topics {settings.topics.prefix}*",
         flush=True,
     )
-    asyncio.run(_serve_until_signal(settings, pipelines, sources))
+    asyncio.run(_serve_until_signal(settings, pipelines, bridged))
     return 0
 
 
