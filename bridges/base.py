@@ -25,8 +25,10 @@ class Delivery:
     """One message as the source delivered it, before any mapping.
 
     ``kind`` selects the mapper (see ``headwater.bridges.mapping``); ``handle`` is what the
-    source needs to settle it (receipt handle, ack id, lock token); ``key`` is the ordering
-    key, used as the Kafka key when present.
+    source needs to settle it (receipt handle, ack id, lock token); ``attributes`` are the
+    message's own attributes/properties (not the service's bookkeeping); ``key`` is the
+    ordering key, used as the Kafka key when present; ``time`` is when the service accepted
+    the message (RFC 3339).
     """
 
     kind: str
@@ -36,6 +38,7 @@ class Delivery:
     attributes: dict[str, str] = field(default_factory=dict)
     key: str | None = None
     origin: str = ""
+    time: str | None = None
 
 
 class Source(Protocol):

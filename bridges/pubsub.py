@@ -36,7 +36,7 @@ from google.pubsub_v1.types import StreamingPullRequest
 
 from headwater.bridges.base import Delivery
 from headwater.bridges.mapping import mapper
-from headwater.runner.envelope import CloudEvent
+from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class PubSubSource:
             attributes=dict(message.attributes),
             key=message.ordering_key or None,
             origin=self.subscription,
+            time=rfc3339(message.publish_time) if message.publish_time else None,
         )
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -206,6 +207,7 @@ def map_pubsub(delivery: Delivery) -> list[CloudEvent]:
             id=delivery.message_id,
             source=f"//pubsub.googleapis.com/{delivery.origin}",
             type="google.pubsub.message.published",
+            time=delivery.time,
             data={"message": body, "attributes": attributes},
         )
     ]

@@ -123,7 +123,7 @@ class Pump:
         futures = []
         for event in to_cloudevents(delivery):
             headers, value = to_kafka(event)
-            key = delivery.key or event.subject
+            key = delivery.key or event.extensions.get("partitionkey") or event.subject
             futures.append(
                 await kafka.send(
                     self._producer,

@@ -13,7 +13,8 @@ Mapping: Blob-created events in Event Grid schema (``eventType``
 ``Microsoft.Storage.BlobCreated``, alone or in a JSON array) and in CloudEvents schema
 (``type`` ``Microsoft.Storage.BlobCreated``) become ``azure.storage.blob.created`` with
 ``subject`` the blob URL; other structured CloudEvents are taken as they are; any other
-JSON object becomes ``azure.servicebus.message`` with the application properties.
+JSON object becomes ``azure.servicebus.message`` with ``data: {message, attributes}`` (the
+body and the application properties).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
 
 from headwater.bridges.base import Delivery
 from headwater.bridges.mapping import json_body, mapper
-from headwater.runner.envelope import CloudEvent
+from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 from headwater.runner.secrets import resolve_reference
 
@@ -108,13 +109,10 @@ class ServiceBusSource:
             message_id=str(message.message_id),
             body=b"".join(_bytes(section) for section in message.body),
             handle=id(message),
-            attributes={
-                **properties,
-                "content_type": message.content_type or "",
-                "subject": message.subject or "",
-            },
+            attributes=properties,
             key=message.session_id or message.partition_key or None,
             origin=self.name,
+            time=rfc3339(message.enqueued_time_utc) if message.enqueued_time_utc else None,
         )
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -197,7 +195,8 @@ def _one(body: Any, delivery: Delivery, where: str) -> CloudEvent:
         id=delivery.message_id,
         source=f"/servicebus/{delivery.origin}",
         type="azure.servicebus.message",
-        data={"message": body, "properties": delivery.attributes},
+        time=delivery.time,
+        data={"message": body, "attributes": delivery.attributes},
     )
 
 

@@ -9,7 +9,8 @@ their visibility timeout to ``nack_delay`` seconds. Mapping:
   URL-decoded), id derived from bucket, key and the record's sequencer, so a resent
   notification makes the same event; S3's ``s3:TestEvent`` is skipped;
 - a structured CloudEvent body is taken as it is;
-- any other JSON object: ``type: aws.sqs.message`` with the body as ``data``;
+- any other JSON object: ``type: aws.sqs.message`` with ``data: {message, attributes}``
+  (the body and the message attributes), as the Pub/Sub and Service Bus bridges do;
 - anything else is a ``BadMessage`` (to the DLQ, then deleted).
 """
 
@@ -29,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from headwater.bridges.base import Delivery
 from headwater.bridges.mapping import is_structured_cloudevent, json_body, mapper
-from headwater.runner.envelope import CloudEvent
+from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,20 @@ class SqsSource:
         return [self._delivery(message) for message in response.get("Messages", [])]
 
     def _delivery(self, message: dict[str, Any]) -> Delivery:
-        attributes = message.get("Attributes", {})
+        system = message.get("Attributes", {})
+        user = {
+            name: value.get("StringValue", value.get("BinaryValue", ""))
+            for name, value in message.get("MessageAttributes", {}).items()
+        }
         return Delivery(
             kind=KIND,
             message_id=message["MessageId"],
             body=message.get("Body", "").encode(),
             handle=message["ReceiptHandle"],
-            attributes={k: str(v) for k, v in attributes.items()},
-            key=attributes.get("MessageGroupId"),
+            attributes={k: str(v) for k, v in user.items()},
+            key=system.get("MessageGroupId"),
             origin=self.queue_url,
+            time=_epoch_millis(system.get("SentTimestamp")),
         )
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -177,8 +183,8 @@ def map_sqs(delivery: Delivery) -> list[CloudEvent]:
             id=delivery.message_id,
             source=delivery.origin or "aws:sqs",
             type="aws.sqs.message",
-            time=_sent_time(delivery),
-            data=body,
+            time=delivery.time,
+            data={"message": body, "attributes": delivery.attributes},
         )
     ]
 
@@ -227,9 +233,7 @@ def _field(record: dict[str, Any], path: tuple[str, ...], where: str) -> str:
     return value
 
 
-def _sent_time(delivery: Delivery) -> str | None:
-    sent = delivery.attributes.get("SentTimestamp")
-    if not sent:
+def _epoch_millis(value: str | None) -> str | None:
+    if not value:
         return None
-    stamp = datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return rfc3339(datetime.fromtimestamp(int(value) / 1000, UTC))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from headwater.runner.envelope import CloudEvent
+from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.state import Run, TaskRecord
 
 SOURCE_PREFIX = "/headwater/pipelines/"
@@ -57,5 +57,4 @@ def _task_summary(record: TaskRecord) -> dict[str, Any]:
 
 
 def _iso(epoch: float) -> str:
-    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
+    return rfc3339(datetime.fromtimestamp(epoch, UTC))

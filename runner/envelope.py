@@ -104,9 +104,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def rfc3339(stamp: datetime) -> str:
+    """``2026-11-25T10:00:00.123Z``: UTC with millisecond precision (naive = UTC)."""
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def now_iso() -> str:
-    """RFC 3339 UTC timestamp with millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.now(UTC))
 
 
 def to_kafka(event: CloudEvent) -> tuple[Headers, bytes]:

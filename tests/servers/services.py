@@ -1,27 +1,33 @@
-"""Headwater's local test servers: a single-node KRaft Kafka broker and a moto (S3/SQS) server.
+"""Headwater's local test servers: a single-node KRaft Kafka broker, a moto (S3/SQS) server,
+a Pub/Sub fake (Google's pstest) and an AMQP Service Bus stand-in.
 
-Job: resolve, start, probe, stop and report the two servers the integration tests talk to,
+Job: resolve, start, probe, stop and report the servers the integration tests talk to,
 without Docker, as plain background processes.  Used as a library by pytest fixtures
-(``KafkaServer``, ``MotoServer``) and as a CLI::
+(``KafkaServer``, ``MotoServer``, ``PubSubServer``, ``ServiceBusServer``) and as a CLI::
 
-    python tests/servers/services.py up|down|status [--only kafka|moto]
+    python tests/servers/services.py up|down|status [--only kafka|moto|pubsub|servicebus]
 
-This module owns the processes and the CLI; ``kafka.py`` and ``moto.py`` hold each server's
-recipe (files to prepare, command line, readiness probe).
+This module owns the processes and the CLI; ``kafka.py``, ``moto.py`` and ``pubsub/`` hold
+each server's recipe (files to prepare, command line, readiness probe); the Service Bus
+server is the Python module ``tests.servers.servicebus.server``.
 
 Invariants:
 - Everything lives under the state dir: ``<repo>/.hw`` or ``$HEADWATER_STATE_DIR``
-  (``m2/`` Maven cache, ``kafka/{libs,data,server.log,kafka.pid}``, ``moto/{moto.log,moto.pid}``).
-- Only loopback (127.0.0.1).  Ports: ``$HEADWATER_KAFKA_PORT`` (9092, controller = port + 1)
-  and ``$HEADWATER_MOTO_PORT`` (4566).
+  (``m2/`` Maven cache, ``go/`` Go modules and build cache, ``bin/pstest``,
+  ``kafka/{libs,data,server.log,kafka.pid}``, ``<name>/{<name>.log,<name>.pid}`` for the rest).
+- Only loopback (127.0.0.1).  Ports: ``$HEADWATER_KAFKA_PORT`` (9092, controller = port + 1),
+  ``$HEADWATER_MOTO_PORT`` (4566), ``$HEADWATER_PUBSUB_PORT`` (8085) and
+  ``$HEADWATER_SERVICEBUS_PORT`` (5672).
 - A process is signalled only through the PID in its PID file, and only after checking that
   PID is alive and is the expected program; never by name.  Stale PID files are removed.
 - Servers run in their own session, so a Ctrl-C in the terminal does not reach them.
-- "Ready" means a real protocol request succeeded (Kafka metadata, moto HTTP), polled
-  against a deadline; never a fixed sleep.
+- "Ready" means a real protocol request succeeded (Kafka metadata, moto HTTP, Pub/Sub
+  ListTopics; Service Bus: its AMQP port accepts), polled against a deadline; never a
+  fixed sleep.
 - ``start()`` is idempotent: a running, answering server returns at once.  A server on the
   port that these scripts did not start is reported as "external" and never signalled.
-- Kafka data survives stop/start and kill/start; moto keeps its state only in memory.
+- Kafka data survives stop/start and kill/start; moto, Pub/Sub and Service Bus keep their
+  state only in memory (a restart starts empty).
 """
 
 from __future__ import annotations
@@ -43,13 +49,14 @@ from typing import ClassVar, NoReturn
 if __package__ in (None, ""):  # run as a script: import `tests.servers`, not siblings
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from tests.servers import kafka, moto
+from tests.servers import kafka, moto, pubsub
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLL_INTERVAL = 0.25
 _DETACH = 'log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
-DESCRIPTION = "Start, stop or show headwater's local Kafka and moto test servers."
+DESCRIPTION = "Start, stop or show headwater's local Kafka, moto, Pub/Sub and Service Bus servers."
+SERVICEBUS_MODULE = "tests.servers.servicebus.server"
 
 
 class ServerError(RuntimeError):
@@ -148,6 +155,10 @@ class BackgroundServer:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
+    @property
+    def _cwd(self) -> Path:
+        return self.dir
+
     def _alive(self, pid: int) -> bool:
         return _process_is(pid, self.marker)
 
@@ -212,7 +223,7 @@ class BackgroundServer:
         # no zombie to reap and no Popen left behind to warn at garbage collection.
         done = subprocess.run(
             ["/bin/sh", "-c", _DETACH, "sh", str(self.log_file), *command],
-            cwd=self.dir, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            cwd=self._cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             start_new_session=True, check=True,
         )  # fmt: skip
         self.pid_file.write_text(done.stdout.strip() + "\n")
@@ -343,8 +354,81 @@ class MotoServer(BackgroundServer):
         return moto.server_command(HOST, self.port)
 
 
+class PubSubServer(BackgroundServer):
+    """Google's pstest Pub/Sub fake, built from Go (recipe in ``pubsub/``); memory only."""
+
+    name = "pubsub"
+    marker = pubsub.BINARY_NAME
+    ready_timeout = 30.0
+
+    def __init__(self, port: int | None = None, state: Path | None = None) -> None:
+        super().__init__(port or _env_port("HEADWATER_PUBSUB_PORT", 8085), state)
+        self.bin_dir = self.dir.parent / "bin"
+        self.binary = self.bin_dir / pubsub.BINARY_NAME
+
+    @property
+    def emulator_host(self) -> str:
+        """The value for ``PUBSUB_EMULATOR_HOST``."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.emulator_host
+
+    def is_ready(self) -> bool:
+        """A ListTopics request over gRPC succeeds."""
+        return pubsub.answers(self.emulator_host)
+
+    def _prepare(self) -> None:
+        try:
+            pubsub.build(self.bin_dir, self.dir.parent / "go", _say)
+        except pubsub.RecipeError as error:
+            raise ServerError(str(error)) from error
+
+    def _command(self) -> list[str]:
+        return pubsub.server_command(self.binary, HOST, self.port)
+
+
+class ServiceBusServer(BackgroundServer):
+    """The AMQP Service Bus stand-in ``tests.servers.servicebus.server``; memory only."""
+
+    name = "servicebus"
+    marker = SERVICEBUS_MODULE
+    ready_timeout = 30.0
+    lock_duration = 5  # seconds: lock expiry (redelivery) tests stay short
+
+    def __init__(self, port: int | None = None, state: Path | None = None) -> None:
+        super().__init__(port or _env_port("HEADWATER_SERVICEBUS_PORT", 5672), state)
+
+    @property
+    def connection_string(self) -> str:
+        """For ``azure-servicebus``: plain AMQP (no TLS) to this server."""
+        return (
+            f"Endpoint=sb://{HOST}:{self.port};SharedAccessKeyName=k;SharedAccessKey=v;"
+            "UseDevelopmentEmulator=true;"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"amqp://{HOST}:{self.port}"
+
+    def is_ready(self) -> bool:
+        """Its AMQP port accepts connections."""
+        return _port_open(self.port)
+
+    @property
+    def _cwd(self) -> Path:
+        return REPO_ROOT  # so `-m tests.servers.servicebus.server` resolves
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", SERVICEBUS_MODULE, "--host", HOST, "--port", str(self.port),
+            "--lock-duration", str(self.lock_duration),
+        ]  # fmt: skip
+
+
 def _servers(only: str | None) -> list[BackgroundServer]:
-    servers: list[BackgroundServer] = [KafkaServer(), MotoServer()]
+    servers = (KafkaServer(), MotoServer(), PubSubServer(), ServiceBusServer())
     return [server for server in servers if only in (None, server.name)]
 
 
@@ -378,7 +462,9 @@ def _status(servers: Sequence[BackgroundServer]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="services.py", description=DESCRIPTION)
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--only", choices=["kafka", "moto"], help="act on one server only")
+    parser.add_argument(
+        "--only", choices=["kafka", "moto", "pubsub", "servicebus"], help="act on one server only"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probes fail by design
     commands = {"up": _up, "down": _down, "status": _status}

@@ -36,7 +36,8 @@ def delivery(body: Any, message_id: str = "m-1") -> Delivery:
         message_id=message_id,
         body=text.encode(),
         origin="http://sqs/queue/q",
-        attributes={"SentTimestamp": "1795600000000"},
+        attributes={"kind": "order"},
+        time="2026-11-25T10:00:00.000Z",
     )
 
 
@@ -78,8 +79,9 @@ def test_sns_wrapped_notifications_are_unwrapped() -> None:
 
 def test_plain_json_and_structured_cloudevents() -> None:
     [plain] = to_cloudevents(delivery({"order": 7}))
-    assert (plain.type, plain.id, plain.data) == ("aws.sqs.message", "m-1", {"order": 7})
-    assert plain.source == "http://sqs/queue/q" and plain.time is not None
+    assert (plain.type, plain.id) == ("aws.sqs.message", "m-1")
+    assert plain.data == {"message": {"order": 7}, "attributes": {"kind": "order"}}
+    assert plain.source == "http://sqs/queue/q" and plain.time == "2026-11-25T10:00:00.000Z"
     structured = {
         "specversion": "1.0",
         "id": "x",
