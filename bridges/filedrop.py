@@ -7,9 +7,10 @@ renamed into ``processed/`` (same filesystem, so the rename is atomic); until th
 where it was dropped, and a crash before the rename delivers it again with the same event
 id (derived from path, size and mtime), which the run table deduplicates.
 
-Events: ``type: headwater.file.created``, ``subject: file:///dropped/path``; ``data.path``
-is where the file lives once ingested (in ``processed/``), ``data.dropped_path`` where it
-was dropped.
+Files are delivered in name order and keyed by the folder, so one folder's events keep
+their order in the log. Events: ``type: headwater.file.created``, ``subject:
+file:///dropped/path``; ``data.path`` is where the file lives once ingested (in
+``processed/``), ``data.dropped_path`` where it was dropped.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class FileDropSource:
             body=orjson.dumps(body),
             handle=path,
             origin=self.name,
+            key=self.name,
         )
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -35,7 +35,7 @@ class Pump:
         producer: AIOKafkaProducer,
         topics: Topics,
         batch_size: int = 100,
-        max_backoff: float = 30.0,
+        max_backoff: float = 10.0,
     ) -> None:
         self._source = source
         self._producer = producer

@@ -30,7 +30,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
-        "request_timeout_ms": 15_000,
+        "request_timeout_ms": settings.kafka.request_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

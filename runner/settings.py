@@ -63,6 +63,7 @@ class KafkaSettings:
     password: str | None = field(default=None, repr=False)
     partitions: int = 3
     replication: int = 1
+    request_timeout_ms: int = 15_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -76,6 +77,7 @@ class KafkaSettings:
             "HEADWATER_KAFKA_PASSWORD",
             "HEADWATER_KAFKA_PARTITIONS",
             "HEADWATER_KAFKA_REPLICATION",
+            "HEADWATER_KAFKA_REQUEST_TIMEOUT_MS",
             "HEADWATER_KAFKA_PORT",  # used by the local test server scripts
         }
         unknown = sorted(k for k in env if k.startswith("HEADWATER_KAFKA") and k not in known)
@@ -84,8 +86,9 @@ class KafkaSettings:
         try:
             partitions = int(env.get("HEADWATER_KAFKA_PARTITIONS", "3"))
             replication = int(env.get("HEADWATER_KAFKA_REPLICATION", "1"))
+            request_timeout_ms = int(env.get("HEADWATER_KAFKA_REQUEST_TIMEOUT_MS", "15000"))
         except ValueError as exc:
-            raise ConfigError(f"HEADWATER_KAFKA_PARTITIONS/REPLICATION: {exc}") from None
+            raise ConfigError(f"HEADWATER_KAFKA_PARTITIONS/REPLICATION/REQUEST_TIMEOUT_MS: {exc}") from None
         return cls(
             bootstrap=env.get("HEADWATER_KAFKA", DEFAULT_BOOTSTRAP),
             security_protocol=env.get("HEADWATER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -94,6 +97,7 @@ class KafkaSettings:
             password=env.get("HEADWATER_KAFKA_PASSWORD"),
             partitions=partitions,
             replication=replication,
+            request_timeout_ms=request_timeout_ms,
         )
 
     def client_options(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ async def supervise(
     component: Component,
     stopping: asyncio.Event,
     initial: float = 0.5,
-    maximum: float = 30.0,
+    maximum: float = 10.0,
 ) -> None:
     delay = initial
     while not stopping.is_set():

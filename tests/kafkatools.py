@@ -40,6 +40,29 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_all(settings: Settings, topic: str) -> list[Any]:
+    """Every committed record of ``topic`` written so far."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batch = await consumer.getmany(timeout_ms=250)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+        return records
+    finally:
+        await consumer.stop()
+
+
 async def wait_caught_up(settings: Settings, role: str, topic: str, within: float = 60.0) -> None:
     """Poll until consumer group ``role`` has committed up to the end of ``topic``:
     everything written there so far has been fully processed."""
