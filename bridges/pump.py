@@ -35,12 +35,14 @@ class Pump:
         producer: AIOKafkaProducer,
         topics: Topics,
         batch_size: int = 100,
+        write_timeout: float = 15.0,
         max_backoff: float = 10.0,
     ) -> None:
         self._source = source
         self._producer = producer
         self._topics = topics
         self._batch_size = batch_size
+        self._write_timeout = write_timeout
         self._max_backoff = max_backoff
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -88,7 +90,9 @@ class Pump:
         pending: list[tuple[Delivery, list[asyncio.Future[Any]]]] = []
         for delivery in deliveries:
             try:
-                pending.append((delivery, await self._send_events(delivery)))
+                # aiokafka can block inside send() while the broker is away: bound it too.
+                sends = self._send_events(delivery)
+                pending.append((delivery, await asyncio.wait_for(sends, self._write_timeout)))
             except BadMessage as exc:
                 if isinstance(self._source, DeadLettering):
                     log.warning(
@@ -103,20 +107,18 @@ class Pump:
             except Exception as exc:  # noqa: BLE001 - Kafka refused the send: redeliver later
                 log.warning("%s: cannot write to Kafka: %s", self._source.name, exc)
                 pending.append((delivery, [_failed(exc)]))
-        written, failed = [], []
-        for delivery, futures in pending:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                log.warning(
-                    "%s: message %s not written (%s); will be redelivered",
-                    self._source.name,
-                    delivery.message_id,
-                    errors[0],
-                )
-                failed.append(delivery)
-            else:
-                written.append(delivery)
+        writes = [future for _, futures in pending for future in futures]
+        missing = await kafka.unacknowledged(writes, self._write_timeout)
+        written = [d for d, futures in pending if missing.isdisjoint(futures)]
+        failed = [d for d, futures in pending if not missing.isdisjoint(futures)]
+        if failed:
+            log.warning(
+                "%s: %d message(s) not acknowledged by Kafka within %.0fs; "
+                "they will be redelivered",
+                self._source.name,
+                len(failed),
+                self._write_timeout,
+            )
         return written, failed
 
     async def _send_events(self, delivery: Delivery) -> list[asyncio.Future[Any]]:

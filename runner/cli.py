@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("aiokafka").setLevel(logging.ERROR)
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our components say why
         logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return int(args.command(args))

@@ -50,7 +50,9 @@ async def serve(
         for route in sorted(routes):
             components[f"worker[{route}]"] = Worker(settings, by_name, producer, route).run
         for source in sources:
-            components[f"bridge[{source.name}]"] = Pump(source, producer, settings.topics).run
+            components[f"bridge[{source.name}]"] = Pump(
+                source, producer, settings.topics, write_timeout=settings.kafka.write_timeout
+            ).run
         tasks = [
             asyncio.create_task(supervise(name, run, stopping), name=name)
             for name, run in components.items()

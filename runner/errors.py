@@ -18,6 +18,12 @@ class NotConnected(HeadwaterError):
     retriable = True
 
 
+class KafkaUnavailable(HeadwaterError):
+    """Kafka did not acknowledge a write in time; nothing was acked on its behalf."""
+
+    retriable = True
+
+
 class BadMessage(HeadwaterError):
     """A message that can never become a valid event; it goes to the DLQ with this reason."""
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from headwater.runner.errors import KafkaUnavailable
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,41 @@ async def send(
     """Enqueue one record; the returned future resolves once Kafka acknowledged it."""
     future: asyncio.Future[Any] = await producer.send(topic, value, key=key, headers=headers)
     return future
+
+
+async def unacknowledged(
+    futures: Iterable[asyncio.Future[Any]], within: float
+) -> set[asyncio.Future[Any]]:
+    """Wait up to ``within`` seconds for Kafka to acknowledge every write; return the writes
+    that failed or are still pending.
+
+    A deadline of our own is needed: while the partition leader's node is unreachable,
+    aiokafka keeps a batch queued without failing it. A write given up on here may still
+    land later; callers treat it as failed (redeliver), and dedup downstream absorbs the
+    copy. Every write's outcome is retrieved, so none is reported as never retrieved.
+    """
+    futures = list(futures)
+    for future in futures:
+        future.add_done_callback(_retrieve)
+    if not futures:
+        return set()
+    done, pending = await asyncio.wait(futures, timeout=within)
+    return pending | {f for f in done if f.cancelled() or f.exception() is not None}
+
+
+async def all_acknowledged(futures: Iterable[asyncio.Future[Any]], within: float) -> None:
+    """Like ``unacknowledged``, but raise ``KafkaUnavailable`` if any write is missing."""
+    missing = await unacknowledged(futures, within)
+    if missing:
+        reasons = {
+            repr(f.exception()) if f.done() and not f.cancelled() else "timed out" for f in missing
+        }
+        raise KafkaUnavailable(f"{len(missing)} write(s) not acknowledged: {', '.join(reasons)}")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:

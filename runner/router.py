@@ -47,7 +47,7 @@ class EventRouter:
                 writes = [
                     w for records in batch.values() for r in records for w in await self._route(r)
                 ]
-                await asyncio.gather(*writes)
+                await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await consumer.stop()

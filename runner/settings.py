@@ -65,6 +65,11 @@ class KafkaSettings:
     replication: int = 1
     request_timeout_ms: int = 15_000
 
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a process waits for Kafka to acknowledge a write before giving up."""
+        return self.request_timeout_ms / 1000
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
         """Read ``HEADWATER_KAFKA*`` variables; unknown ``HEADWATER_KAFKA_*`` keys are errors."""
@@ -88,7 +93,9 @@ class KafkaSettings:
             replication = int(env.get("HEADWATER_KAFKA_REPLICATION", "1"))
             request_timeout_ms = int(env.get("HEADWATER_KAFKA_REQUEST_TIMEOUT_MS", "15000"))
         except ValueError as exc:
-            raise ConfigError(f"HEADWATER_KAFKA_PARTITIONS/REPLICATION/REQUEST_TIMEOUT_MS: {exc}") from None
+            raise ConfigError(
+                f"HEADWATER_KAFKA_PARTITIONS/REPLICATION/REQUEST_TIMEOUT_MS: {exc}"
+            ) from None
         return cls(
             bootstrap=env.get("HEADWATER_KAFKA", DEFAULT_BOOTSTRAP),
             security_protocol=env.get("HEADWATER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),

@@ -58,7 +58,7 @@ class Worker:
                 if not records:
                     continue
                 writes = await asyncio.gather(*(self._attempt(r) for r in records))
-                await asyncio.gather(*writes)
+                await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await consumer.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -49,6 +50,15 @@ class HeadwaterProcess:
             )
             assert time.monotonic() < deadline, f"no {text!r} in output:\n{self.output()}"
             time.sleep(0.1)
+
+    async def output_shows(self, text: str, within: float = 60.0) -> None:
+        """``wait_for_output`` for async tests: polls without blocking the event loop."""
+        deadline = time.monotonic() + within
+        while text not in self.output():
+            assert self.process is not None and self.process.poll() is None, (
+                f"headwater exited early:\n{self.output()}")
+            assert time.monotonic() < deadline, f"no {text!r} in output:\n{self.output()}"
+            await asyncio.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""

@@ -149,7 +149,7 @@ async def test_nothing_is_acked_while_kafka_is_down(
     kafka_server.stop()
     try:
         await harness.publish([(seq, None) for seq in (1, 2, 3)])
-        bridge.process.wait_for_output("will be redelivered", timeout=90)
+        await bridge.process.output_shows("will be redelivered", within=90)
     finally:
         kafka_server.start()
     await harness.settle_publishers()
@@ -186,7 +186,7 @@ async def test_the_bridge_reconnects_after_its_source_server_restarts(
     await bridge.bridged({0})
     await harness.stop_source()
     try:
-        bridge.process.wait_for_output("connection lost", timeout=60)
+        await bridge.process.output_shows("connection lost", within=60)
     finally:
         await harness.start_source()
     await harness.publish([(1, None), (2, None)])

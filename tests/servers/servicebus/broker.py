@@ -124,7 +124,8 @@ class Broker:
         path = entity_path(address)
         if path.endswith(DEAD_LETTER_SUFFIX):
             parent = self.entity(path[: -len(DEAD_LETTER_SUFFIX)])
-            assert parent.dead_letter is not None, "a dead-letter queue has no dead-letter queue"
+            if parent.dead_letter is None:
+                raise ValueError(f"{address!r}: a dead-letter queue has no dead-letter queue")
             return parent.dead_letter
         found = self._entities.get(path)
         if found is None:
@@ -160,9 +161,6 @@ class Broker:
                 self._enqueue(target, stored)
 
     # -- receiving and settling -------------------------------------------------------------
-
-    def has_ready(self, path: str) -> bool:
-        return bool(self.entity(path).ready)
 
     def take(self, path: str, lock: bool) -> tuple[Stored, Lock | None] | None:
         """The next ready message: locked (peek-lock) or removed (receive-and-delete)."""

@@ -22,7 +22,7 @@ from typing import Any
 from proton import UNDESCRIBED, Array, Data, Message, symbol, timestamp
 
 from tests.servers.servicebus import codec
-from tests.servers.servicebus.broker import Broker, LockLost, Outcome, Stored
+from tests.servers.servicebus.broker import Broker, Lock, LockLost, Outcome, Stored
 
 LOCK_LOST = "com.microsoft:message-lock-lost"
 NOT_IMPLEMENTED = "com.microsoft:not-implemented"
@@ -38,16 +38,15 @@ def millis(seconds: float) -> timestamp:
     return timestamp(round(seconds * 1000))
 
 
-def wire_annotations(stored: Stored, lock_token: uuid.UUID | None, locked_until: float | None
-                     ) -> dict[str, Any]:
+def wire_annotations(stored: Stored, lock: Lock | None) -> dict[str, Any]:
     """The broker-owned message annotations the SDK reads off a received message."""
     annotations: dict[str, Any] = {
         "x-opt-sequence-number": stored.sequence_number,  # long
         "x-opt-enqueued-time": millis(stored.enqueued_at),
     }
-    if lock_token is not None and locked_until is not None:
-        annotations["x-opt-lock-token"] = lock_token
-        annotations["x-opt-locked-until"] = millis(locked_until)
+    if lock is not None:
+        annotations["x-opt-lock-token"] = lock.token
+        annotations["x-opt-locked-until"] = millis(lock.until)
     return annotations
 
 
@@ -59,8 +58,13 @@ def cbs_response(request: Message) -> Message:
     )
 
 
-def _response(request: Message, status: int, body: Any = None, condition: str | None = None,
-              description: str = "") -> Message:
+def _response(
+    request: Message,
+    status: int,
+    body: Any = None,
+    condition: str | None = None,
+    description: str = "",
+) -> Message:
     properties: dict[str, Any] = {"statusCode": status, "statusDescription": description}
     if condition:
         properties["errorCondition"] = symbol(condition)
@@ -74,12 +78,14 @@ def _tokens(value: Any) -> list[uuid.UUID]:
 
 def management_response(broker: Broker, entity: str, request: Message) -> Message:
     """Answer one ``$management`` request for ``entity`` (an entity path)."""
-    operation = str((request.properties or {}).get("operation", ""))
-    body = request.body if isinstance(request.body, dict) else {}
+    properties: dict[Any, Any] = request.properties or {}
+    operation = str(properties.get("operation", ""))
+    body: dict[Any, Any] = request.body if isinstance(request.body, dict) else {}
     try:
         if operation == "com.microsoft:renew-lock":
             expirations = [millis(broker.renew(token)) for token in _tokens(body["lock-tokens"])]
-            return _response(request, 200, {"expirations": Array(UNDESCRIBED, Data.TIMESTAMP, *expirations)})
+            stamps = Array(UNDESCRIBED, Data.TIMESTAMP, *expirations)  # type: ignore[arg-type]
+            return _response(request, 200, {"expirations": stamps})
         if operation == "com.microsoft:peek-message":
             found = broker.peek(
                 entity, int(body.get("from-sequence-number", 0)), int(body["message-count"])
@@ -87,22 +93,34 @@ def management_response(broker: Broker, entity: str, request: Message) -> Messag
             if not found:
                 return _response(request, 204, description="No messages")
             messages = [
-                {"message": codec.encode(s.message, s.delivery_count, wire_annotations(s, None, None))}
+                {"message": codec.encode(s.message, s.delivery_count, wire_annotations(s, None))}
                 for s in found
             ]
             return _response(request, 200, {"messages": messages})
         if operation == "com.microsoft:update-disposition":
             outcome = DISPOSITIONS.get(str(body.get("disposition-status")))
             if outcome is None:
-                return _response(request, 501, condition=NOT_IMPLEMENTED,
-                                 description="only completed, abandoned and suspended")
+                return _response(
+                    request,
+                    501,
+                    condition=NOT_IMPLEMENTED,
+                    description="only completed, abandoned and suspended",
+                )
             for token in _tokens(body["lock-tokens"]):
-                broker.settle(token, outcome, body.get("deadletter-reason") or None,
-                              body.get("deadletter-description") or None)
+                broker.settle(
+                    token,
+                    outcome,
+                    body.get("deadletter-reason") or None,
+                    body.get("deadletter-description") or None,
+                )
             return _response(request, 200, {})
     except LockLost as exc:
         return _response(request, 410, condition=LOCK_LOST, description=str(exc))
     except (KeyError, TypeError, ValueError) as exc:
         return _response(request, 400, condition=BAD_REQUEST, description=repr(exc))
-    return _response(request, 501, condition=NOT_IMPLEMENTED,
-                     description=f"{operation!r} is not implemented by the test server")
+    return _response(
+        request,
+        501,
+        condition=NOT_IMPLEMENTED,
+        description=f"{operation!r} is not implemented by the test server",
+    )
