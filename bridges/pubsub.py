@@ -63,7 +63,7 @@ class PubSubSource:
         subscription: str,
         *,
         max_outstanding: int = 1000,
-        ack_deadline: int = 60,
+        ack_deadline: int = 15,
         wait: float = 1.0,
     ) -> None:
         if not subscription.startswith("projects/") or "/subscriptions/" not in subscription:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from headwater.runner.settings import Settings, Topics
-from tests.servers.services import KafkaServer, MotoServer
+from tests.servers.services import KafkaServer, MotoServer, PubSubServer, ServiceBusServer
 
 AWS_REGION = "us-east-1"
 
@@ -28,6 +28,14 @@ def moto_server() -> MotoServer:
     server = MotoServer()
     server.start()
     return server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cloud_servers(request: pytest.FixtureRequest) -> None:
+    """The Pub/Sub and Service Bus test servers, started once when integration tests run."""
+    if any(item.get_closest_marker("integration") for item in request.session.items):
+        for server in (PubSubServer(), ServiceBusServer()):
+            server.start()
 
 
 @pytest.fixture

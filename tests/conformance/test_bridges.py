@@ -26,6 +26,7 @@ from cloudevents.core.formats.json import JSONFormat
 from headwater.runner.envelope import from_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.settings import Settings
+from tests.conformance.clouds import PubSubHarness, ServiceBusHarness
 from tests.conformance.harness import SourceHarness
 from tests.conformance.local_sources import FileDropHarness, WebhookHarness
 from tests.conformance.sqs import SqsHarness
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.integration
 PIPELINES = Path(__file__).parent / "pipelines"
 HARNESSES: dict[str, type[SourceHarness]] = {
     "sqs": SqsHarness,
+    "pubsub": PubSubHarness,
+    "servicebus": ServiceBusHarness,
     "webhook": WebhookHarness,
     "filedrop": FileDropHarness,
 }
