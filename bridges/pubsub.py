@@ -87,7 +87,9 @@ class PubSubSource:
         self._failure = None
         self._stop = asyncio.Event()
         try:  # fail fast on a missing subscription or an unreachable server
-            await self._client.get_subscription(subscription=self.subscription, timeout=10)
+            await self._client.get_subscription(
+                subscription=self.subscription, retry=None, timeout=10
+            )
         except (*_CONNECTION_ERRORS, google_errors.NotFound) as exc:
             raise NotConnected(f"Pub/Sub {self.subscription}: {exc}") from exc
         self._reader = asyncio.create_task(self._read_stream())

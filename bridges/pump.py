@@ -51,7 +51,7 @@ class Pump:
         try:
             while not stopping.is_set():
                 try:
-                    deliveries = await self._source.receive(self._batch_size)
+                    deliveries = await self._receive_unless(stopping)
                     if not deliveries:
                         continue
                     written, failed = await self._forward(deliveries)
@@ -69,6 +69,20 @@ class Pump:
         finally:
             await self._source.close()
 
+    async def _receive_unless(self, stopping: asyncio.Event) -> list[Delivery]:
+        """The next batch, or nothing once ``stopping`` is set: a long poll in progress is
+        cancelled, which settles nothing (the source redelivers what it had handed out)."""
+        receive = asyncio.ensure_future(self._source.receive(self._batch_size))
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if receive.done():
+            return receive.result()
+        receive.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NotConnected):
+            await receive
+        return []
+
     async def _reconnect(self, stopping: asyncio.Event, first: bool = False) -> None:
         attempt = 0
         if not first:
@@ -76,6 +90,7 @@ class Pump:
         while not stopping.is_set():
             try:
                 await self._source.connect()
+                log.info("%s: connected", self._source.name)
                 return
             except NotConnected as exc:
                 attempt += 1

@@ -56,7 +56,8 @@ class HeadwaterProcess:
         deadline = time.monotonic() + within
         while text not in self.output():
             assert self.process is not None and self.process.poll() is None, (
-                f"headwater exited early:\n{self.output()}")
+                f"headwater exited early:\n{self.output()}"
+            )
             assert time.monotonic() < deadline, f"no {text!r} in output:\n{self.output()}"
             await asyncio.sleep(0.1)
 

@@ -80,7 +80,9 @@ class PubSubHarness(SourceHarness):
 
     async def remaining(self) -> set[int]:
         seqs: set[int] = set()
-        quiet_until = time.monotonic() + 12  # past the bridge's ack deadline: all come back
+        # Messages the bridge held come back once its 15 s ack deadline passes.
+        not_before = time.monotonic() + 18
+        quiet_until = not_before
         while time.monotonic() < quiet_until:
             response = self.subscriber.pull(
                 subscription=self.subscription, max_messages=100, timeout=5
@@ -93,7 +95,7 @@ class PubSubHarness(SourceHarness):
                     subscription=self.subscription,
                     ack_ids=[r.ack_id for r in response.received_messages],
                 )
-                quiet_until = time.monotonic() + 3
+                quiet_until = max(not_before, time.monotonic() + 3)
         return seqs
 
 

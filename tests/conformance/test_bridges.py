@@ -62,7 +62,7 @@ class Bridge:
 
     def start(self) -> None:
         self.process = self._new().start()
-        self.process.wait_for_output("headwater dev:")
+        self.process.wait_for_output(": connected")  # the source is being read
 
     async def records(
         self, until: Callable[[list[tuple[int, Any]]], bool], within: float = 90.0
