@@ -15,9 +15,12 @@ Kafka's DLQ topic and then acks it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -71,3 +74,15 @@ class DeadLettering(Protocol):
     """A source that dead-letters unmappable messages in its own service."""
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+
+async def take_batch(queue: asyncio.Queue[T], max_items: int, wait: float) -> list[T]:
+    """Up to ``max_items`` from ``queue``: wait at most ``wait`` s for the first, none after."""
+    try:
+        first = await asyncio.wait_for(queue.get(), wait)
+    except TimeoutError:
+        return []
+    batch = [first]
+    while len(batch) < max_items and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch

@@ -5,8 +5,9 @@ Each bridge module registers a mapper for its delivery ``kind`` (``@mapper("sqs"
 (``hwbridge``, ``hwmsgid``). A mapper returns the events made from one delivery (none for
 a message to skip, such as S3's test event) or raises ``BadMessage`` with the reason.
 
-Shared here: a message that already is a structured CloudEvent is taken as it is; any
-other JSON object becomes a ``<kind>.message``-style event built by the bridge's mapper.
+Shared here: a message that already is a CloudEvent (structured JSON, or binary mode with
+``ce-*`` headers/attributes) is taken as it is; any other message becomes an event built
+by the bridge's own mapper.
 """
 
 from __future__ import annotations
@@ -58,3 +59,23 @@ def json_body(delivery: Delivery) -> Any:
 
 def is_structured_cloudevent(obj: Any) -> bool:
     return isinstance(obj, dict) and "specversion" in obj
+
+
+def binary_mode(attributes: dict[str, str], body: bytes) -> CloudEvent:
+    """A CloudEvent sent in binary mode: attributes as ``ce-*`` headers or message
+    attributes, ``content-type`` as its ``datacontenttype``, the body as its data."""
+    event: dict[str, Any] = {
+        name[3:]: value for name, value in attributes.items() if name.startswith("ce-")
+    }
+    content_type = attributes.get("content-type")
+    if content_type:
+        event["datacontenttype"] = content_type
+    if body:
+        if content_type is None or "json" in content_type:
+            try:
+                event["data"] = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadMessage(f"event data is not valid JSON ({exc})") from None
+        else:
+            event["data"] = body.decode("utf-8", "replace")
+    return CloudEvent.from_dict(event)

@@ -34,8 +34,8 @@ from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 from google.pubsub_v1.types import StreamingPullRequest
 
-from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import mapper
+from headwater.bridges.base import Delivery, take_batch
+from headwater.bridges.mapping import binary_mode, mapper
 from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
@@ -139,13 +139,7 @@ class PubSubSource:
     async def receive(self, max_messages: int) -> list[Delivery]:
         if self._failure is not None:
             raise NotConnected(f"Pub/Sub {self.subscription}: {self._failure}")
-        try:
-            first = await asyncio.wait_for(self._buffer.get(), self._wait)
-        except TimeoutError:
-            return []
-        batch = [first]
-        while len(batch) < max_messages and not self._buffer.empty():
-            batch.append(self._buffer.get_nowait())
+        batch = await take_batch(self._buffer, max_messages, self._wait)
         return [self._delivery(received) for received in batch]
 
     def _delivery(self, received: Any) -> Delivery:
@@ -200,7 +194,7 @@ def map_pubsub(delivery: Delivery) -> list[CloudEvent]:
     if attributes.get("eventType") in _GCS_TYPES and "bucketId" in attributes:
         return [gcs_event(delivery)]
     if "ce-specversion" in attributes:
-        return [_binary_mode(delivery)]
+        return [binary_mode(delivery.attributes, delivery.body)]
     body = _parse(delivery.body)
     if isinstance(body, dict) and "specversion" in body:
         return [CloudEvent.from_dict(body)]
@@ -249,15 +243,6 @@ def gcs_event(delivery: Delivery) -> CloudEvent:
             "notification": {"attributes": attributes, "resource": resource},
         },
     )
-
-
-def _binary_mode(delivery: Delivery) -> CloudEvent:
-    attrs: dict[str, Any] = {
-        k[3:]: v for k, v in delivery.attributes.items() if k.startswith("ce-")
-    }
-    if delivery.body:
-        attrs["data"] = _parse(delivery.body)
-    return CloudEvent.from_dict(attrs)
 
 
 def _parse(body: bytes) -> Any:

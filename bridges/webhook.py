@@ -18,13 +18,11 @@ import asyncio
 import hmac
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
-import orjson
 from aiohttp import web
 
-from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import json_body, mapper, to_cloudevents
+from headwater.bridges.base import Delivery, take_batch
+from headwater.bridges.mapping import binary_mode, json_body, mapper, to_cloudevents
 from headwater.runner.envelope import CloudEvent, now_iso
 from headwater.runner.errors import BadMessage, NotConnected
 from headwater.runner.secrets import resolve_reference
@@ -78,13 +76,7 @@ class WebhookSource:
             self._runner = None
 
     async def receive(self, max_messages: int) -> list[Delivery]:
-        try:
-            first = await asyncio.wait_for(self._queue.get(), self._wait)
-        except TimeoutError:
-            return []
-        batch = [first]
-        while len(batch) < max_messages and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        batch = await take_batch(self._queue, max_messages, self._wait)
         return batch
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -151,7 +143,7 @@ def map_request(delivery: Delivery) -> list[CloudEvent]:
     headers = delivery.attributes
     content_type = headers.get("content-type", "")
     if "ce-specversion" in headers:
-        return [_binary_mode(headers, delivery.body)]
+        return [binary_mode(headers, delivery.body)]
     body = json_body(delivery)
     if content_type.startswith(STRUCTURED):
         return [CloudEvent.from_dict(body)]
@@ -166,21 +158,3 @@ def map_request(delivery: Delivery) -> list[CloudEvent]:
             data=body,
         )
     ]
-
-
-def _binary_mode(headers: dict[str, str], body: bytes) -> CloudEvent:
-    attributes: dict[str, Any] = {
-        name[3:]: value for name, value in headers.items() if name.startswith("ce-")
-    }
-    content_type = headers.get("content-type")
-    if content_type:
-        attributes["datacontenttype"] = content_type
-    if body:
-        if content_type is None or "json" in content_type:
-            try:
-                attributes["data"] = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadMessage(f"event data is not valid JSON ({exc})") from None
-        else:
-            attributes["data"] = body.decode("utf-8", "replace")
-    return CloudEvent.from_dict(attributes)
