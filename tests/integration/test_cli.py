@@ -14,7 +14,7 @@ def test_validate_accepts_good_files() -> None:
     done = subprocess.run(
         [HEADWATER, "validate", str(FIXTURES)], capture_output=True, text=True, timeout=60
     )
-    assert (done.returncode, done.stdout) == (0, "ok: 1 pipeline(s) valid\n")
+    assert (done.returncode, done.stdout) == (0, "ok: 2 pipeline(s) valid\n")
 
 
 def test_validate_reports_file_line_field_and_exits_non_zero(tmp_path: Path) -> None:
