@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SERVICES := $(PY) tests/servers/services.py
 
-.PHONY: help venv services services-down status test test-unit lint typecheck demo clean
+.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke clean
 
 help:
 	@echo "make demo           run a real pipeline end to end (S3 -> SQS -> Kafka -> tasks)"
 	@echo "make test           the whole suite against real Kafka and emulators"
 	@echo "make lint           ruff + mypy (strict)"
+	@echo "make bench          the benchmark (needs make services); bench-smoke: tiny volumes"
 	@echo "make services       start Kafka (KRaft) and moto in the background"
 	@echo "make services-down  stop them"
 
@@ -51,6 +52,12 @@ lint: venv typecheck
 
 demo: venv
 	$(PY) examples/demo.py
+
+bench: venv services
+	$(PY) -m bench.run
+
+bench-smoke: venv services
+	$(PY) -m bench.run --smoke
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,10 @@ effects. What must always hold:
 - on assignment a partition's table is restored from the changelog before any of its
   control messages is applied; on any error the processor is restarted from scratch, so
   memory never runs ahead of what was committed;
-- observers and retry timers act only after the commit.
+- observers and retry timers act only after the commit;
+- the transactional id is stable per instance (``HEADWATER_INSTANCE``), so a restarted
+  process fences its dead predecessor and aborts the transaction it left open at once,
+  instead of readers waiting at that transaction until it times out.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +88,7 @@ class ControlProcessor:
     async def run(self, stopping: asyncio.Event) -> None:
         topics = self._topics
         txn = kafka.transactional_producer(
-            self._settings, f"{topics.group('control')}.{uuid.uuid4().hex[:12]}"
+            self._settings, f"{topics.group('control')}.{self._settings.instance}"
         )
         consumer = kafka.consumer(self._settings, group=topics.group("control"))
         consumer.subscribe([topics.control], listener=_Rebalance(self))

@@ -7,6 +7,7 @@ Secrets are never literals here: SASL passwords come from references (``${env:NA
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,8 @@ class Settings:
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: Topics = field(default_factory=Topics)
+    #: this process's stable name; runner processes sharing one host need distinct ones
+    instance: str = field(default_factory=socket.gethostname)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,4 +137,5 @@ class Settings:
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
+            instance=env.get("HEADWATER_INSTANCE") or socket.gethostname(),
         )

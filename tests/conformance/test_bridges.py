@@ -100,7 +100,10 @@ class Bridge:
             return Counter(dict(r.headers)["ce_id"].decode() for r in records)
 
         records = await read_topic(
-            self.settings, self.settings.topics.completions, lambda rs: len(ids(rs)) >= count
+            self.settings,
+            self.settings.topics.completions,
+            lambda rs: len(ids(rs)) >= count,
+            within=120,
         )
         return ids(records)
 
