@@ -274,9 +274,15 @@ async def committed_to_end(settings: Settings, role: str, topic: str) -> bool:
         await consumer.stop()
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float) -> None:
+async def until(
+    check: Callable[[], Awaitable[bool]], within: float, worker: asyncio.Task[None]
+) -> None:
+    """Poll ``check``; fail at the deadline, or at once if ``worker`` died."""
     deadline = time.monotonic() + within
     while not await check():
+        if worker.done():
+            worker.result()  # raises what stopped it
+            raise RuntimeError("the benchmarked component stopped early")
         if time.monotonic() > deadline:
             raise TimeoutError("the benchmark did not finish in time")
         await asyncio.sleep(0.2)
@@ -292,7 +298,7 @@ async def match(settings: Settings, count: int) -> float:
     try:
         started = time.perf_counter()
         task = asyncio.create_task(router.run(stopping))
-        await until(lambda: committed_to_end(settings, "router", settings.topics.events), 300)
+        await until(lambda: committed_to_end(settings, "router", settings.topics.events), 300, task)
         elapsed = time.perf_counter() - started
         stopping.set()
         await task

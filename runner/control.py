@@ -83,6 +83,7 @@ class ControlProcessor:
         self._runs: dict[int, dict[str, Run]] = {}
         self._timers: dict[int, set[asyncio.TimerHandle]] = {}
         self._lock = asyncio.Lock()
+        self._restore_failure: BaseException | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -98,21 +99,34 @@ class ControlProcessor:
             try:
                 while not stopping.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+                    if self._restore_failure is not None:
+                        raise self._restore_failure  # start again from the changelog
                     if batch:
-                        await self._process(batch, txn)
+                        await self._process(batch, txn, consumer)
             finally:
                 await consumer.stop()
         finally:
             self._forget_all()
             await txn.stop()
 
-    async def _process(self, batch: dict[TopicPartition, list[Any]], txn: Any) -> None:
+    async def _process(
+        self, batch: dict[TopicPartition, list[Any]], txn: Any, consumer: Any
+    ) -> None:
         async with self._lock:
+            # Records of a partition whose table is not (or no longer) here are not applied:
+            # one still being restored is read again; one taken away by a rebalance while
+            # this batch waited for the lock is left to its new owner.
+            for tp, records in batch.items():
+                if tp.partition not in self._runs and tp in consumer.assignment():
+                    consumer.seek(tp, records[0].offset)
+            batch = {tp: records for tp, records in batch.items() if tp.partition in self._runs}
+            if not batch:
+                return
             outcome = _BatchOutcome()
             async with txn.transaction():
                 for tp, records in batch.items():
                     changed: dict[str, Run] = {}
-                    runs = self._runs.setdefault(tp.partition, {})
+                    runs = self._runs[tp.partition]
                     for record in records:
                         await self._apply(record, runs, changed, outcome, txn)
                     for run in changed.values():
@@ -148,13 +162,15 @@ class ControlProcessor:
         if pipeline is None:
             if isinstance(message, RunRequested):
                 reason = f"pipeline {message.pipeline!r} is not loaded by this runner"
-                origin = {
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "run_id": message.run_id,
-                }
-                await txn.send(self._topics.dlq, dlq_record(reason, origin, record.value))
+            else:
+                reason = f"run {message.run_id} is not in the run table"
+            origin = {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "run_id": message.run_id,
+            }
+            await txn.send(self._topics.dlq, dlq_record(reason, origin, record.value))
             return
         transition = step(run, message, pipeline, self._clock(), self._rand())
         new = transition.run
@@ -238,6 +254,12 @@ class ControlProcessor:
                         self._arm(partition, due, task.retry_at or self._clock())
         log.debug("partition %d: restored %d run(s)", partition, len(runs))
 
+    def restore_failed(self, exc: BaseException) -> None:
+        """A partition could not be restored: never apply its messages to a partial table;
+        the processor stops and starts again from scratch."""
+        log.warning("restoring the run table failed (%s: %s)", type(exc).__name__, exc)
+        self._restore_failure = exc
+
     async def forget(self, partition: int) -> None:
         async with self._lock:
             self._runs.pop(partition, None)
@@ -288,4 +310,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            await self._processor.restore(tp.partition)
+            try:
+                await self._processor.restore(tp.partition)
+            except Exception as exc:  # noqa: BLE001 - aiokafka would only log it
+                self._processor.restore_failed(exc)
+                return
