@@ -13,18 +13,23 @@ from aiokafka.admin import AIOKafkaAdminClient
 from headwater.runner.settings import Settings
 
 
-async def read_topic(
-    settings: Settings, topic: str, until: Callable[[list[Any]], bool], within: float = 60.0
-) -> list[Any]:
-    """Read ``topic`` from the beginning (committed records only) until ``until(records)``
-    holds; fails with what was read if the deadline passes first."""
-    consumer = AIOKafkaConsumer(
+def _reader(settings: Settings, topic: str) -> AIOKafkaConsumer:
+    """A group-less consumer of ``topic`` from the beginning, committed records only."""
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
+
+
+async def read_topic(
+    settings: Settings, topic: str, until: Callable[[list[Any]], bool], within: float = 60.0
+) -> list[Any]:
+    """Read ``topic`` from the beginning (committed records only) until ``until(records)``
+    holds; fails with what was read if the deadline passes first."""
+    consumer = _reader(settings, topic)
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + within
@@ -42,13 +47,7 @@ async def read_topic(
 
 async def read_all(settings: Settings, topic: str) -> list[Any]:
     """Every committed record of ``topic`` written so far."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-    )
+    consumer = _reader(settings, topic)
     await consumer.start()
     records: list[Any] = []
     try:
