@@ -39,7 +39,7 @@ class Pump:
         max_backoff: float = 10.0,
     ) -> None:
         self._source = source
-        self._producer = producer
+        self._writer = kafka.BatchWriter(producer)
         self._topics = topics
         self._batch_size = batch_size
         self._write_timeout = write_timeout
@@ -101,13 +101,42 @@ class Pump:
                 await _pause(stopping, delay)
 
     async def _forward(self, deliveries: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
-        """Write every delivery's events; returns (written, failed) deliveries."""
-        pending: list[tuple[Delivery, list[asyncio.Future[Any]]]] = []
+        """Write every delivery's events; returns (written, failed) deliveries.
+
+        The events of one pull go out as per-partition batches and are acknowledged (or
+        not) together: if any write fails, every delivery of the pull is redelivered, and
+        the copies that did land are deduplicated downstream (same event id, same run id).
+        """
+        dead_lettered: set[int] = set()  # settled at the source already: neither ack nor nack
+        try:
+            # aiokafka can block inside a send while the broker is away: bound it too.
+            writes = self._write(deliveries, dead_lettered)
+            futures = await asyncio.wait_for(writes, self._write_timeout)
+            missing = await kafka.unacknowledged(futures, self._write_timeout)
+        except Exception as exc:  # noqa: BLE001 - Kafka refused the writes: redeliver later
+            log.warning("%s: cannot write to Kafka: %s", self._source.name, exc)
+            self._writer.discard()
+            missing = {_failed(exc)}
+        pending = [d for d in deliveries if id(d) not in dead_lettered]
+        if missing:
+            log.warning(
+                "%s: %d message(s) not acknowledged by Kafka within %.0fs; "
+                "they will be redelivered",
+                self._source.name,
+                len(pending),
+                self._write_timeout,
+            )
+            return [], pending
+        return pending, []
+
+    async def _write(
+        self, deliveries: list[Delivery], dead_lettered: set[int]
+    ) -> list[asyncio.Future[Any]]:
+        """Map and add every delivery's events to the writer, then flush it. A delivery
+        that cannot be mapped goes to the DLQ, or to the source's own dead-letter queue."""
         for delivery in deliveries:
             try:
-                # aiokafka can block inside send() while the broker is away: bound it too.
-                sends = self._send_events(delivery)
-                pending.append((delivery, await asyncio.wait_for(sends, self._write_timeout)))
+                events = to_cloudevents(delivery)
             except BadMessage as exc:
                 if isinstance(self._source, DeadLettering):
                     log.warning(
@@ -117,42 +146,19 @@ class Pump:
                         exc,
                     )
                     await self._source.dead_letter(delivery, str(exc))
-                    continue
-                pending.append((delivery, [await self._send_dlq(delivery, str(exc))]))
-            except Exception as exc:  # noqa: BLE001 - Kafka refused the send: redeliver later
-                log.warning("%s: cannot write to Kafka: %s", self._source.name, exc)
-                pending.append((delivery, [_failed(exc)]))
-        writes = [future for _, futures in pending for future in futures]
-        missing = await kafka.unacknowledged(writes, self._write_timeout)
-        written = [d for d, futures in pending if missing.isdisjoint(futures)]
-        failed = [d for d, futures in pending if not missing.isdisjoint(futures)]
-        if failed:
-            log.warning(
-                "%s: %d message(s) not acknowledged by Kafka within %.0fs; "
-                "they will be redelivered",
-                self._source.name,
-                len(failed),
-                self._write_timeout,
-            )
-        return written, failed
-
-    async def _send_events(self, delivery: Delivery) -> list[asyncio.Future[Any]]:
-        futures = []
-        for event in to_cloudevents(delivery):
-            headers, value = to_kafka(event)
-            key = delivery.key or event.extensions.get("partitionkey") or event.subject
-            futures.append(
-                await kafka.send(
-                    self._producer,
-                    self._topics.events,
-                    value,
-                    key=key.encode() if key else None,
-                    headers=headers,
+                    dead_lettered.add(id(delivery))
+                else:
+                    await self._add_dlq(delivery, str(exc))
+                continue
+            for event in events:
+                headers, value = to_kafka(event)
+                key = delivery.key or event.extensions.get("partitionkey") or event.subject
+                await self._writer.add(
+                    self._topics.events, value, key=key.encode() if key else None, headers=headers
                 )
-            )
-        return futures
+        return await self._writer.flush()
 
-    async def _send_dlq(self, delivery: Delivery, reason: str) -> asyncio.Future[Any]:
+    async def _add_dlq(self, delivery: Delivery, reason: str) -> None:
         origin = {
             "bridge": delivery.kind,
             "source": self._source.name,
@@ -161,8 +167,7 @@ class Pump:
         log.warning(
             "%s: message %s sent to DLQ: %s", self._source.name, delivery.message_id, reason
         )
-        value = dlq_record(reason, origin, delivery.body)
-        return await kafka.send(self._producer, self._topics.dlq, value)
+        await self._writer.add(self._topics.dlq, dlq_record(reason, origin, delivery.body))
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:

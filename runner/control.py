@@ -30,7 +30,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from headwater.runner import kafka
+from headwater.runner import batching, kafka
+from headwater.runner.batching import EventsBatched, Window, WindowDue
 from headwater.runner.completion import completion_event
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage
@@ -53,12 +54,25 @@ from headwater.runner.state import (
 log = logging.getLogger(__name__)
 
 
+WINDOW_PREFIX = "window:"  # changelog keys of batching windows; run ids are UUIDs
+
+
+@dataclass
+class _Table:
+    """What one control partition holds: its runs and its open batching windows."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
+
+
 @dataclass
 class _BatchOutcome:
-    """What to do once a batch's transaction committed."""
+    """What a batch changed, and what to do once its transaction committed."""
 
+    runs: dict[str, Run] = field(default_factory=dict)
+    windows: dict[str, Window | None] = field(default_factory=dict)
     notes: list[Callable[[], None]] = field(default_factory=list)
-    retries: list[tuple[int, RetryDue, float]] = field(default_factory=list)
+    timers: list[tuple[int, RetryDue | WindowDue, float]] = field(default_factory=list)
     finished: list[tuple[int, Run]] = field(default_factory=list)
 
 
@@ -80,7 +94,7 @@ class ControlProcessor:
         self._observer = observer
         self._clock = clock
         self._rand = rand
-        self._runs: dict[int, dict[str, Run]] = {}
+        self._tables: dict[int, _Table] = {}
         self._timers: dict[int, set[asyncio.TimerHandle]] = {}
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None
@@ -117,66 +131,122 @@ class ControlProcessor:
             # one still being restored is read again; one taken away by a rebalance while
             # this batch waited for the lock is left to its new owner.
             for tp, records in batch.items():
-                if tp.partition not in self._runs and tp in consumer.assignment():
+                if tp.partition not in self._tables and tp in consumer.assignment():
                     consumer.seek(tp, records[0].offset)
-            batch = {tp: records for tp, records in batch.items() if tp.partition in self._runs}
+            batch = {tp: rs for tp, rs in batch.items() if tp.partition in self._tables}
             if not batch:
                 return
             outcome = _BatchOutcome()
+            writer = kafka.BatchWriter(txn)
             async with txn.transaction():
                 for tp, records in batch.items():
-                    changed: dict[str, Run] = {}
-                    runs = self._runs[tp.partition]
+                    outcome.runs, outcome.windows = {}, {}
+                    table = self._tables[tp.partition]
                     for record in records:
-                        await self._apply(record, runs, changed, outcome, txn)
-                    for run in changed.values():
-                        await txn.send(
-                            self._topics.runs,
-                            orjson.dumps(run.to_json()),
-                            key=run.run_id.encode(),
-                            partition=tp.partition,
-                        )
-                        if run.status != "running":
-                            outcome.finished.append((tp.partition, run))
+                        await self._apply(record, table, outcome, writer)
+                    await self._write_changes(tp.partition, outcome, writer)
+                await writer.flush()
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 await txn.send_offsets_to_transaction(offsets, self._topics.group("control"))
             self._after_commit(outcome)
 
-    async def _apply(
-        self,
-        record: Any,
-        runs: dict[str, Run],
-        changed: dict[str, Run],
-        outcome: _BatchOutcome,
-        txn: Any,
+    async def _write_changes(
+        self, partition: int, outcome: _BatchOutcome, writer: kafka.BatchWriter
     ) -> None:
+        """Write one partition's changed runs and windows to its changelog partition."""
+        runs_topic = self._topics.runs
+        value: bytes | None
+        for run in outcome.runs.values():
+            value = orjson.dumps(run.to_json())
+            await writer.add(runs_topic, value, key=run.run_id.encode(), partition=partition)
+            if run.status != "running":
+                outcome.finished.append((partition, run))
+        for key, window in outcome.windows.items():
+            value = None if window is None else orjson.dumps(window.to_json())
+            await writer.add(
+                runs_topic, value, key=(WINDOW_PREFIX + key).encode(), partition=partition
+            )
+
+    async def _apply(
+        self, record: Any, table: _Table, outcome: _BatchOutcome, writer: kafka.BatchWriter
+    ) -> None:
+        origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         try:
             message = decode_control(record.value)
         except BadMessage as exc:
-            origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-            await txn.send(self._topics.dlq, dlq_record(str(exc), origin, record.value))
+            await writer.add(self._topics.dlq, dlq_record(str(exc), origin, record.value))
             return
-        run = runs.get(message.run_id)
+        if isinstance(message, EventsBatched | WindowDue):
+            problem = await self._apply_window(message, record.partition, table, outcome, writer)
+            if problem is not None:
+                origin["window"] = message.window
+                await writer.add(self._topics.dlq, dlq_record(problem, origin, record.value))
+            return
+        problem = await self._apply_run(message, record.partition, table, outcome, writer)
+        if problem is not None:
+            origin["run_id"] = message.run_id
+            await writer.add(self._topics.dlq, dlq_record(problem, origin, record.value))
+
+    async def _apply_window(
+        self,
+        message: EventsBatched | WindowDue,
+        partition: int,
+        table: _Table,
+        outcome: _BatchOutcome,
+        writer: kafka.BatchWriter,
+    ) -> str | None:
+        """Fold a batching message into its window; returns why it cannot be applied."""
+        window = table.windows.get(message.window)
+        if isinstance(message, EventsBatched):
+            name, position = message.pipeline, message.trigger
+        elif window is not None and window.opened_at == message.opened_at:
+            name, position = window.pipeline, window.trigger
+        else:
+            return None  # the timer of a window that closed already
+        pipeline = self._pipelines.get(name)
+        spec = pipeline.batch_of(position) if pipeline else None
+        if spec is None:
+            return f"pipeline {name!r} has no batching trigger #{position} in this runner"
+        if isinstance(message, EventsBatched):
+            fold = batching.add(window, message, spec, self._clock())
+        else:
+            fold = batching.due(window, message, spec, self._clock())
+        if fold.window is None:
+            table.windows.pop(message.window, None)
+        else:
+            table.windows[message.window] = fold.window
+        if fold.window is not window or isinstance(message, EventsBatched):
+            outcome.windows[message.window] = fold.window
+        if fold.window is not None and fold.check_at is not None:
+            due = WindowDue(message.window, fold.window.opened_at)
+            outcome.timers.append((partition, due, fold.check_at))
+        for request in fold.runs:
+            # The run lives in the partition of its id, like any run: request it there.
+            value = encode_control(request)
+            await writer.add(self._topics.control, value, key=request.run_id.encode())
+        return None
+
+    async def _apply_run(
+        self,
+        message: RunRequested | TaskFinished | RetryDue,
+        partition: int,
+        table: _Table,
+        outcome: _BatchOutcome,
+        writer: kafka.BatchWriter,
+    ) -> str | None:
+        """Step one run; returns why the message cannot be applied."""
+        run = table.runs.get(message.run_id)
         name = message.pipeline if isinstance(message, RunRequested) else run and run.pipeline
         pipeline = self._pipelines.get(name) if name else None
         if pipeline is None:
             if isinstance(message, RunRequested):
-                reason = f"pipeline {message.pipeline!r} is not loaded by this runner"
-            else:
-                reason = f"run {message.run_id} is not in the run table"
-            origin = {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "run_id": message.run_id,
-            }
-            await txn.send(self._topics.dlq, dlq_record(reason, origin, record.value))
-            return
+                return f"pipeline {message.pipeline!r} is not loaded by this runner"
+            return f"run {message.run_id} is not in the run table"
         transition = step(run, message, pipeline, self._clock(), self._rand())
         new = transition.run
         if not transition.applied or new is None:
-            return
-        runs[new.run_id] = changed[new.run_id] = new
+            return None
+        table.runs[new.run_id] = outcome.runs[new.run_id] = new
         if run is None:
             outcome.notes.append(lambda: self._observer.run_started(new))
         if isinstance(message, TaskFinished) and message.task in new.tasks:
@@ -194,65 +264,79 @@ class ControlProcessor:
                         new.event,
                         new.upstream_outputs(pipeline, task_name),
                     )
-                    await txn.send(self._topics.tasks(task.route), value, key=new.run_id.encode())
+                    await writer.add(self._topics.tasks(task.route), value, key=new.run_id.encode())
                 case ScheduleRetry(task=task_name, attempt=attempt, at=at):
                     due = RetryDue(new.run_id, task_name, attempt)
-                    outcome.retries.append((record.partition, due, at))
+                    outcome.timers.append((partition, due, at))
                 case Finish():
                     headers, value = to_kafka(completion_event(new))
-                    await txn.send(
+                    await writer.add(
                         self._topics.completions, value, key=new.pipeline.encode(), headers=headers
                     )
                     outcome.notes.append(lambda: self._observer.run_finished(new))
+        return None
 
     def _after_commit(self, outcome: _BatchOutcome) -> None:
         for partition, run in outcome.finished:
             # A finished run is kept only as a marker: enough to refuse a duplicate trigger.
-            self._runs[partition][run.run_id] = _marker(run)
-        for partition, due, at in outcome.retries:
+            self._tables[partition].runs[run.run_id] = _marker(run)
+        for partition, due, at in outcome.timers:
             self._arm(partition, due, at)
         for note in outcome.notes:
             note()
 
-    # --- retry timers --------------------------------------------------------------------
+    # --- timers: retries and batching windows --------------------------------------------
 
-    def _arm(self, partition: int, due: RetryDue, at: float) -> None:
+    def _arm(self, partition: int, due: RetryDue | WindowDue, at: float) -> None:
         delay = max(0.0, at - self._clock())
         handles = self._timers.setdefault(partition, set())
         handle = asyncio.get_running_loop().call_later(delay, self._fire, partition, due)
         handles.add(handle)
 
-    def _fire(self, partition: int, due: RetryDue) -> None:
+    def _fire(self, partition: int, due: RetryDue | WindowDue) -> None:
         task = asyncio.ensure_future(self._send_due(partition, due))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _send_due(self, partition: int, due: RetryDue) -> None:
+    async def _send_due(self, partition: int, due: RetryDue | WindowDue) -> None:
+        key = due.window if isinstance(due, WindowDue) else due.run_id
         try:
             await self._producer.send_and_wait(
-                self._topics.control, encode_control(due), key=due.run_id.encode()
+                self._topics.control, encode_control(due), key=key.encode()
             )
         except Exception:  # noqa: BLE001 - Kafka unavailable: try again shortly
-            log.warning("could not publish retry of %s/%s; trying again", due.run_id, due.task)
+            log.warning("could not publish %s; trying again", due)
             if partition in self._timers:
                 self._arm(partition, due, self._clock() + 1.0)
 
     # --- partition assignment ------------------------------------------------------------
 
     async def restore(self, partition: int) -> None:
-        """Load a partition's runs from the changelog and re-arm their retry timers."""
-        runs = await _read_changelog(self._settings, self._topics.runs, partition)
+        """Load a partition's runs and windows from the changelog and re-arm its timers."""
+        table = await _read_changelog(self._settings, self._topics.runs, partition)
         async with self._lock:
-            self._runs[partition] = runs
+            self._tables[partition] = table
             for handle in self._timers.pop(partition, set()):
                 handle.cancel()
             self._timers[partition] = set()
-            for run in runs.values():
+            for run in table.runs.values():
                 for name, task in run.tasks.items():
                     if run.status == "running" and task.status == "retry_wait":
                         due = RetryDue(run.run_id, name, task.attempt)
                         self._arm(partition, due, task.retry_at or self._clock())
-        log.debug("partition %d: restored %d run(s)", partition, len(runs))
+            for window in table.windows.values():
+                pipeline = self._pipelines.get(window.pipeline)
+                spec = pipeline.batch_of(window.trigger) if pipeline else None
+                if spec is not None:
+                    self._arm(
+                        partition, WindowDue(window.window, window.opened_at), window.deadline(spec)
+                    )
+        log.debug(
+            "partition %d: restored %d run(s), %d window(s)",
+            partition,
+            len(table.runs),
+            len(table.windows),
+        )
 
     def restore_failed(self, exc: BaseException) -> None:
         """A partition could not be restored: never apply its messages to a partial table;
@@ -262,7 +346,7 @@ class ControlProcessor:
 
     async def forget(self, partition: int) -> None:
         async with self._lock:
-            self._runs.pop(partition, None)
+            self._tables.pop(partition, None)
             for handle in self._timers.pop(partition, set()):
                 handle.cancel()
 
@@ -271,14 +355,14 @@ class ControlProcessor:
             for handle in handles:
                 handle.cancel()
         self._timers.clear()
-        self._runs.clear()
+        self._tables.clear()
 
 
 def _marker(run: Run) -> Run:
     return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})
 
 
-async def _read_changelog(settings: Settings, topic: str, partition: int) -> dict[str, Run]:
+async def _read_changelog(settings: Settings, topic: str, partition: int) -> _Table:
     tp = TopicPartition(topic, partition)
     reader = kafka.consumer(settings, group=None)
     await reader.start()
@@ -286,16 +370,23 @@ async def _read_changelog(settings: Settings, topic: str, partition: int) -> dic
         reader.assign([tp])
         await reader.seek_to_beginning(tp)
         end = (await reader.end_offsets([tp]))[tp]
-        runs: dict[str, Run] = {}
+        table = _Table()
         while await reader.position(tp) < end:
             batch = await reader.getmany(tp, timeout_ms=500, max_records=5000)
             for record in batch.get(tp, ()):
-                if record.value is None:
-                    runs.pop(record.key.decode(), None)
-                    continue
-                run = Run.from_json(orjson.loads(record.value))
-                runs[run.run_id] = _marker(run) if run.status != "running" else run
-        return runs
+                key = record.key.decode()
+                if key.startswith(WINDOW_PREFIX):
+                    key = key[len(WINDOW_PREFIX) :]
+                    if record.value is None:
+                        table.windows.pop(key, None)
+                    else:
+                        table.windows[key] = Window.from_json(orjson.loads(record.value))
+                elif record.value is None:
+                    table.runs.pop(key, None)
+                else:
+                    run = Run.from_json(orjson.loads(record.value))
+                    table.runs[run.run_id] = _marker(run) if run.status != "running" else run
+        return table
     finally:
         await reader.stop()
 

@@ -44,7 +44,7 @@ async def serve(
     try:
         by_name = {pipeline.name: pipeline for pipeline in pipelines}
         components: dict[str, Component] = {
-            "router": EventRouter(settings, pipelines, producer).run,
+            "router": EventRouter(settings, pipelines).run,
             "control": ControlProcessor(settings, by_name, producer, observer).run,
         }
         for route in sorted(routes):

@@ -34,6 +34,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from headwater.runner.errors import PipelineErrors
 from headwater.runner.pipeline import (
     Backoff,
+    Batching,
     Comparison,
     Condition,
     Pipeline,
@@ -162,6 +163,9 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     if isinstance(tasks, dict):
         found += _needs_problems(tasks)
         found += _duration_problems(tasks)
+    triggers = data.get("triggers") if isinstance(data, dict) else None
+    if isinstance(triggers, list):
+        found += _batch_problems(triggers)
     problems = [_Problem(_line_of(root, at), field_name(at), msg) for at, msg in found]
     problems += [
         _Problem(_line_of(root, at, of_value=True), field_name(at), msg)
@@ -264,6 +268,28 @@ def _duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
                     yield ("tasks", name, *where), str(exc)
 
 
+def _batch_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
+    for index, trigger in enumerate(triggers):
+        batch = trigger.get("batch") if isinstance(trigger, dict) else None
+        if not isinstance(batch, dict):
+            continue
+        if "max_wait" not in batch and "quiet_for" not in batch:
+            yield (
+                ("triggers", index, "batch"),
+                "needs max_wait or quiet_for, so that every window closes",
+            )
+        for name in ("max_wait", "quiet_for"):
+            value = batch.get(name)
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                try:
+                    seconds = parse_duration(value)
+                except ValueError as exc:
+                    yield ("triggers", index, "batch", name), str(exc)
+                    continue
+                if seconds == 0:
+                    yield ("triggers", index, "batch", name), "must be more than 0"
+
+
 def _edges(tasks: dict[str, Any]) -> dict[str, list[str]]:
     """Task -> the tasks it needs, keeping only needs that name another existing task."""
     edges: dict[str, list[str]] = {name: [] for name in tasks}
@@ -337,7 +363,22 @@ def _trigger(spec: dict[str, Any]) -> Trigger:
         operators = test if isinstance(test, dict) else {"eq": test}
         for op, value in operators.items():
             conditions.append(Condition(path, cast(Comparison, op), value))
-    return Trigger(spec["type"], spec.get("source"), spec.get("subject"), tuple(conditions))
+    return Trigger(
+        spec["type"],
+        spec.get("source"),
+        spec.get("subject"),
+        tuple(conditions),
+        _batching(spec["batch"]) if "batch" in spec else None,
+    )
+
+
+def _batching(spec: dict[str, Any]) -> Batching:
+    def seconds(name: str) -> float | None:
+        return parse_duration(spec[name]) if name in spec else None
+
+    return Batching(
+        spec.get("max_events"), seconds("max_wait"), seconds("quiet_for"), spec.get("key")
+    )
 
 
 def _task(name: str, spec: dict[str, Any]) -> Task:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 from headwater.runner.envelope import CloudEvent
 from headwater.runner.pipeline import Condition, Pipeline, Trigger
 
 _GLOB_CHARS = frozenset("*?[")
-_MISSING = object()
+MISSING = object()
 
 
 def is_glob(pattern: str) -> bool:
@@ -30,24 +30,24 @@ def _text_matches(pattern: str | None, value: str | None) -> bool:
     return fnmatchcase(value, pattern) if is_glob(pattern) else value == pattern
 
 
-def _lookup(data: Any, path: tuple[str, ...]) -> Any:
+def lookup(data: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]
         else:
-            return _MISSING
+            return MISSING
     return data
 
 
 def condition_holds(condition: Condition, data: Any) -> bool:
     """Whether ``data`` satisfies one condition; a type mismatch is simply no match."""
-    actual = _lookup(data, condition.path)
+    actual = lookup(data, condition.path)
     expected = condition.value
     if condition.op == "exists":
-        return (actual is not _MISSING) == bool(expected)
-    if actual is _MISSING:
+        return (actual is not MISSING) == bool(expected)
+    if actual is MISSING:
         return False
     try:
         match condition.op:
@@ -81,23 +81,35 @@ def trigger_matches(trigger: Trigger, event: CloudEvent) -> bool:
     )
 
 
+class Match(NamedTuple):
+    pipeline: Pipeline
+    position: int  # of the trigger in the pipeline's ``triggers``
+    trigger: Trigger
+
+
 class TriggerIndex:
     """Finds the pipelines an event triggers without scanning every pipeline."""
 
     def __init__(self, pipelines: Iterable[Pipeline]) -> None:
-        self._by_type: dict[str, list[tuple[Pipeline, Trigger]]] = {}
-        self._globbed: list[tuple[Pipeline, Trigger]] = []
+        self._by_type: dict[str, list[Match]] = {}
+        self._globbed: list[Match] = []
         for pipeline in pipelines:
-            for trigger in pipeline.triggers:
+            for position, trigger in enumerate(pipeline.triggers):
+                candidate = Match(pipeline, position, trigger)
                 if is_glob(trigger.type):
-                    self._globbed.append((pipeline, trigger))
+                    self._globbed.append(candidate)
                 else:
-                    self._by_type.setdefault(trigger.type, []).append((pipeline, trigger))
+                    self._by_type.setdefault(trigger.type, []).append(candidate)
+
+    def matches(self, event: CloudEvent) -> list[Match]:
+        """Each pipeline ``event`` triggers, with the first of its triggers that matched."""
+        matched: dict[str, Match] = {}
+        for candidates in (self._by_type.get(event.type, ()), self._globbed):
+            for candidate in candidates:
+                name = candidate.pipeline.name
+                if name not in matched and trigger_matches(candidate.trigger, event):
+                    matched[name] = candidate
+        return list(matched.values())
 
     def match(self, event: CloudEvent) -> list[Pipeline]:
-        matched: dict[str, Pipeline] = {}
-        for candidates in (self._by_type.get(event.type, ()), self._globbed):
-            for pipeline, trigger in candidates:
-                if pipeline.name not in matched and trigger_matches(trigger, event):
-                    matched[pipeline.name] = pipeline
-        return list(matched.values())
+        return [m.pipeline for m in self.matches(event)]

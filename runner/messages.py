@@ -1,7 +1,7 @@
 """Wire formats of the runner's own topics: control messages, task requests, DLQ records.
 
-All are JSON (orjson) keyed by run id, except DLQ records (keyed by where they came
-from). ``decode_control`` raises ``BadMessage`` naming the field that is wrong, so a
+All are JSON (orjson) keyed by run id, except batching messages (keyed by window) and
+DLQ records. ``decode_control`` raises ``BadMessage`` naming the field that is wrong, so a
 corrupt control record goes to the DLQ instead of stopping the run table.
 """
 
@@ -13,23 +13,27 @@ from typing import Any
 
 import orjson
 
+from headwater.runner.batching import EventsBatched, WindowDue
 from headwater.runner.envelope import now_iso
 from headwater.runner.errors import BadMessage
 from headwater.runner.state import ControlMessage, RetryDue, RunRequested, TaskFinished
 
-_KINDS: dict[str, type[RunRequested] | type[TaskFinished] | type[RetryDue]] = {
+Control = ControlMessage | EventsBatched | WindowDue
+_KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
     "retry.due": RetryDue,
+    "events.batched": EventsBatched,
+    "window.due": WindowDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
 
-def encode_control(message: ControlMessage) -> bytes:
+def encode_control(message: Control) -> bytes:
     return orjson.dumps({"kind": _KIND_OF[type(message)], **asdict(message)})
 
 
-def decode_control(value: bytes | None) -> ControlMessage:
+def decode_control(value: bytes | None) -> Control:
     try:
         obj = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:

@@ -27,13 +27,29 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class Batching:
+    """One run for many events. A window opens at its first event and closes after
+    ``max_events`` events, ``max_wait`` seconds after it opened, or ``quiet_for`` seconds
+    without a new event (debounce), whichever comes first; the loader requires ``max_wait``
+    or ``quiet_for``, so every window closes. ``key`` (``subject``, ``source``, ``type`` or
+    ``data.<path>``) keeps one window per value of that field."""
+
+    max_events: int | None = None
+    max_wait: float | None = None
+    quiet_for: float | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Trigger:
-    """An event filter. ``type``/``source``/``subject`` are exact strings or globs."""
+    """An event filter. ``type``/``source``/``subject`` are exact strings or globs.
+    Without ``batch``, every matching event starts one run."""
 
     type: str
     source: str | None = None
     subject: str | None = None
     conditions: tuple[Condition, ...] = ()
+    batch: Batching | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +95,10 @@ class Pipeline:
     tasks: tuple[Task, ...]
     file: str = "<memory>"
     description: str = ""
+
+    def batch_of(self, trigger: int) -> Batching | None:
+        """The batching of trigger number ``trigger``, if it batches."""
+        return self.triggers[trigger].batch if 0 <= trigger < len(self.triggers) else None
 
     def task(self, name: str) -> Task:
         for task in self.tasks:

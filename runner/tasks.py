@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from headwater.runner.batching import BATCH_TYPE
 from headwater.runner.errors import TaskFailed
 from headwater.runner.pipeline import Task
 
@@ -47,6 +48,14 @@ class TaskContext:
     def data(self) -> Any:
         """The trigger event's data."""
         return self.event.get("data")
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events this run is for: a batching trigger's window, in order, or the
+        trigger event alone."""
+        if self.event.get("type") == BATCH_TYPE:
+            return list(self.event["data"]["events"])
+        return [self.event]
 
 
 _callables: dict[str, Callable[..., Any]] = {}

@@ -3,7 +3,8 @@
 Workers are stateless. A request's offset is committed only after its result was written
 to ``control``; a worker that dies re-executes its uncommitted requests on restart, and
 the run state machine ignores a result that was already counted. Tasks of one fetched
-batch run concurrently (at most ``concurrency``).
+batch (up to ``FETCH_RECORDS`` requests) run concurrently, at most ``concurrency`` at a time;
+their results go out as one batch of writes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from headwater.runner.state import TaskFinished
 from headwater.runner.tasks import TaskContext, execute
 
 log = logging.getLogger(__name__)
+FETCH_RECORDS = 500
 
 
 class Worker:
@@ -39,7 +41,7 @@ class Worker:
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
-        self._producer = producer
+        self._writer = kafka.BatchWriter(producer)
         self._route = route
         self._concurrency = concurrency
 
@@ -53,18 +55,24 @@ class Worker:
         await consumer.start()
         try:
             while not stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=self._concurrency)
+                batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                 records = [record for records in batch.values() for record in records]
                 if not records:
                     continue
-                writes = await asyncio.gather(*(self._attempt(r) for r in records))
+                slots = asyncio.Semaphore(self._concurrency)
+                results = await asyncio.gather(*(self._attempt(r, slots) for r in records))
+                for topic, value, key in results:
+                    await self._writer.add(topic, value, key=key)
+                writes = await self._writer.flush()
                 await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await consumer.stop()
 
-    async def _attempt(self, record: Any) -> asyncio.Future[Any]:
-        """Execute one request; returns the pending write of its result."""
+    async def _attempt(
+        self, record: Any, slots: asyncio.Semaphore
+    ) -> tuple[str, bytes, bytes | None]:
+        """Execute one request; returns the write (topic, value, key) that reports it."""
         try:
             request = decode_task_request(record.value)
             pipeline = self._pipelines.get(request["pipeline"])
@@ -74,9 +82,7 @@ class Worker:
         except (BadMessage, KeyError) as exc:
             origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
             reason = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-            return await kafka.send(
-                self._producer, self._topics.dlq, dlq_record(reason, origin, record.value)
-            )
+            return self._topics.dlq, dlq_record(reason, origin, record.value), None
         context = TaskContext(
             run_id=request["run_id"],
             pipeline=pipeline.name,
@@ -86,11 +92,12 @@ class Worker:
             upstream=request["upstream"],
             params=task.params,
         )
-        started = time.time()
-        try:
-            output, error, ok = await execute(task, context), None, True
-        except TaskFailed as exc:
-            output, error, ok = None, str(exc), False
+        async with slots:
+            started = time.time()
+            try:
+                output, error, ok = await execute(task, context), None, True
+            except TaskFailed as exc:
+                output, error, ok = None, str(exc), False
         result = TaskFinished(
             run_id=context.run_id,
             task=task.name,
@@ -101,9 +108,4 @@ class Worker:
             started_at=started,
             finished_at=time.time(),
         )
-        return await kafka.send(
-            self._producer,
-            self._topics.control,
-            encode_control(result),
-            key=context.run_id.encode(),
-        )
+        return self._topics.control, encode_control(result), context.run_id.encode()

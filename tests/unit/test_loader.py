@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from headwater.runner.errors import PipelineErrors
 from headwater.runner.loader import load_pipeline, load_pipelines, validate_paths
-from headwater.runner.pipeline import Backoff, Condition
+from headwater.runner.pipeline import Backoff, Batching, Condition
 
 VALID = """\
 name: csv-report
@@ -295,3 +295,50 @@ def test_directory_loads_yaml_files_sorted_and_once(tmp_path: Path) -> None:
     pipelines = load_pipelines([tmp_path, first])
     assert [p.name for p in pipelines] == ["first", "second"]
     assert validate_paths([tmp_path]) == []
+
+
+def test_batching_triggers_load_into_the_model(tmp_path: Path) -> None:
+    text = """\
+name: demo
+triggers:
+  - type: sensor.reading
+    batch: {max_events: 1000, max_wait: 2s}
+  - type: storage.object.finalized
+    batch: {key: data.bucket, quiet_for: 30s, max_wait: 5m}
+  - type: t
+tasks:
+  a: {python: m:f}
+"""
+    pipeline = load_pipeline(write(tmp_path, text))
+    assert [t.batch for t in pipeline.triggers] == [
+        Batching(max_events=1000, max_wait=2.0),
+        Batching(max_wait=300.0, quiet_for=30.0, key="data.bucket"),
+        None,
+    ]
+
+
+def test_batching_problems_name_the_field_and_line(tmp_path: Path) -> None:
+    text = """\
+name: demo
+triggers:
+  - type: a
+    batch: {max_events: 10}
+  - type: b
+    batch:
+      quiet_for: 0s
+      key: detail
+  - type: c
+    batch: {max_wait: soon, max_events: 0}
+tasks:
+  a: {python: m:f}
+"""
+    path = write(tmp_path, text)
+    assert problems_of(path) == [
+        f"{path}:4: triggers[0].batch: needs max_wait or quiet_for, so that every window closes",
+        f"{path}:7: triggers[1].batch.quiet_for: must be more than 0",
+        f"{path}:8: triggers[1].batch.key: must be an event field: subject, source, type, id "
+        'or data.<path> (got "detail")',
+        f"{path}:10: triggers[2].batch.max_events: must be a number of events from 1 to 100000 "
+        "(got 0)",
+        f"{path}:10: triggers[2].batch.max_wait: 'soon' is not a duration like 30s, 5m, 250ms",
+    ]

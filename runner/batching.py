@@ -1,0 +1,218 @@
+"""Batching triggers: events gathered into windows, one run per closed window. Pure, no I/O.
+
+The router sends the events a batching trigger matched as ``EventsBatched`` control
+messages keyed by the window's key, so every window lives in one control partition and has
+one owner. The control processor folds them into its windows with ``add`` and checks the
+timers it armed with ``due``. A closed window becomes an ordinary ``RunRequested``, written
+to ``control`` keyed by its run id (the run lives in the partition of its id, like any
+other); its event is a ``headwater.batch`` CloudEvent carrying the window's events in
+``data.events``. What must always hold:
+
+- an event is in at most one window: the router writes transactionally (a re-read event
+  is not sent twice), and a window drops an event whose source and id it already holds
+  (a source that delivered one event twice);
+- a window's events travel in one Kafka message (the run's task requests), so a window
+  also closes when its events reach ``MAX_BYTES``;
+- the run id of a closed window derives from the window's key, opening time and first
+  event, so re-applying the same control records yields the same run (the run table
+  deduplicates it).
+
+Times are the control processor's clock when it applies a message (processing time), not
+the events' own ``time``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from headwater.runner.envelope import CloudEvent, rfc3339
+from headwater.runner.matching import MISSING, lookup
+from headwater.runner.pipeline import Batching
+from headwater.runner.state import RunRequested, run_id_for
+
+BATCH_TYPE = "headwater.batch"
+BATCH_SOURCE_PREFIX = "/headwater/batches/"
+MAX_BYTES = 512 * 1024
+CloseReason = Literal["max_events", "max_wait", "quiet_for", "max_bytes"]
+
+
+def window_key(pipeline: str, trigger: int, key: str | None) -> str:
+    """The id of the window a pipeline's trigger keeps for one key value."""
+    return orjson.dumps([pipeline, trigger, key]).decode()
+
+
+def key_value(event: CloudEvent, key: str | None) -> str | None:
+    """The value of a batching ``key`` (``subject``, ``source``, ``type``, ``id`` or
+    ``data.<path>``) in ``event``; ``None`` when it is absent (those events share a window).
+    """
+    if key is None:
+        return None
+    if key.startswith("data."):
+        value = lookup(event.data, tuple(key[5:].split(".")))
+        if value is MISSING or value is None:
+            return None
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    value = getattr(event, key, None)
+    return value if isinstance(value, str) else None
+
+
+# --- control messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventsBatched:
+    """Events one trigger matched, in order, for one window key."""
+
+    window: str
+    pipeline: str
+    trigger: int
+    key: str | None
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDue:
+    """A timer armed for the window that opened at ``opened_at`` went off."""
+
+    window: str
+    opened_at: float
+
+
+# --- state ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Window:
+    window: str
+    pipeline: str
+    trigger: int
+    key: str | None
+    opened_at: float
+    last_at: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+    seen: set[tuple[str, str]] = field(default_factory=set)
+
+    def deadline(self, spec: Batching) -> float:
+        """When the window closes if no more events come (debounce moves it later)."""
+        candidates = [math.inf]
+        if spec.max_wait is not None:
+            candidates.append(self.opened_at + spec.max_wait)
+        if spec.quiet_for is not None:
+            candidates.append(self.last_at + spec.quiet_for)
+        return min(candidates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "pipeline": self.pipeline,
+            "trigger": self.trigger,
+            "key": self.key,
+            "opened_at": self.opened_at,
+            "last_at": self.last_at,
+            "events": self.events,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Window:
+        events = obj.pop("events")
+        window = cls(**obj)
+        for event in events:
+            window.append(event, len(orjson.dumps(event)))
+        return window
+
+    def append(self, event: dict[str, Any], size: int) -> None:
+        self.events.append(event)
+        self.seen.add(_identity(event))
+        self.size += size
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """The outcome of ``add`` or ``due``: the window left open (if any), the runs of the
+    windows that closed, and when to check the open window again (``None``: no new timer).
+    """
+
+    window: Window | None
+    runs: list[RunRequested]
+    check_at: float | None = None
+
+
+def add(window: Window | None, message: EventsBatched, spec: Batching, now: float) -> Fold:
+    """Append ``message``'s events to the open window, closing it whenever it is full."""
+    original, runs = window, []
+    for event in message.events:
+        if window is not None and _identity(event) in window.seen:
+            continue  # the source delivered this event twice
+        size = len(orjson.dumps(event))
+        if window is not None and window.size + size > MAX_BYTES:
+            runs.append(close(window, "max_bytes", now))
+            window = None
+        if window is None:
+            window = Window(
+                message.window, message.pipeline, message.trigger, message.key, now, now
+            )
+        window.append(event, size)
+        window.last_at = now
+        if spec.max_events is not None and len(window.events) >= spec.max_events:
+            runs.append(close(window, "max_events", now))
+            window = None
+    if window is None or window is original:
+        return Fold(window, runs)
+    return Fold(window, runs, window.deadline(spec))  # a new window: arm its timer
+
+
+def _opened(message: EventsBatched, now: float) -> Window:
+    return Window(message.window, message.pipeline, message.trigger, message.key, now, now)
+
+
+def due(window: Window | None, message: WindowDue, spec: Batching, now: float) -> Fold:
+    """A timer went off: close the window if its time has come, else check again later."""
+    if window is None or window.opened_at != message.opened_at:
+        return Fold(window, [])  # that window closed already
+    deadline = window.deadline(spec)
+    if now < deadline:
+        return Fold(window, [], deadline)  # debounced: an event came in meanwhile
+    waited = spec.max_wait is not None and now >= window.opened_at + spec.max_wait
+    return Fold(None, [close(window, "max_wait" if waited else "quiet_for", now)])
+
+
+def close(window: Window, reason: CloseReason, now: float) -> RunRequested:
+    """The run of a closed window: its event is a ``headwater.batch`` CloudEvent."""
+    first = window.events[0]
+    run_id = run_id_for(
+        window.pipeline,
+        f"{window.opened_at!r}/{first.get('source')}/{first.get('id')}",
+        f"batch:{window.window}",
+    )
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": run_id,
+        "source": BATCH_SOURCE_PREFIX + window.pipeline,
+        "type": BATCH_TYPE,
+        "time": _iso(now),
+        "datacontenttype": "application/json",
+        "data": {
+            "reason": reason,
+            "count": len(window.events),
+            "key": window.key,
+            "opened_at": _iso(window.opened_at),
+            "events": window.events,
+        },
+    }
+    if window.key is not None:
+        event["subject"] = window.key
+    return RunRequested(run_id, window.pipeline, event)
+
+
+def _identity(event: dict[str, Any]) -> tuple[str, str]:
+    return str(event.get("source")), str(event.get("id"))
+
+
+def _iso(epoch: float) -> str:
+    return rfc3339(datetime.fromtimestamp(epoch, UTC))
