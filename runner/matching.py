@@ -1,13 +1,16 @@
 """Trigger matching: which pipelines an event starts. Pure, no I/O.
 
-Triggers are indexed by their exact ``type``; only triggers whose type is a glob are
-scanned for every event. A pipeline is returned at most once per event, whichever of its
-triggers matched first.
+``TriggerIndex`` plans, once per event type, which triggers can match it, so an event tests
+only those. A pipeline is returned at most once per event, with the first of its triggers
+that matched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
@@ -87,29 +90,104 @@ class Match(NamedTuple):
     trigger: Trigger
 
 
+def _text_test(pattern: str | None) -> Callable[[str | None], bool]:
+    if pattern is None:
+        return lambda value: True
+    if is_glob(pattern):
+        matches = re.compile(fnmatch.translate(pattern)).match
+        return lambda value: value is not None and matches(value) is not None
+    return lambda value: value == pattern
+
+
+@dataclass
+class _Filter:
+    """The part of a trigger after its type, shared by every trigger that has the same one
+    (100 pipelines on one filter test it once per event)."""
+
+    source: Callable[[str | None], bool]
+    subject: Callable[[str | None], bool]
+    conditions: tuple[Condition, ...]
+    matches: list[tuple[int, Match]] = field(default_factory=list)  # (rank, match)
+
+    def holds(self, event: CloudEvent) -> bool:
+        return (
+            self.source(event.source)
+            and self.subject(event.subject)
+            and all(condition_holds(c, event.data) for c in self.conditions)
+        )
+
+
+@dataclass
+class _Plan:
+    """The filters to test for one event type: those with an exact ``subject`` are looked
+    up by the event's subject, the others are all tested."""
+
+    by_subject: dict[str, list[_Filter]] = field(default_factory=dict)
+    others: list[_Filter] = field(default_factory=list)
+
+
 class TriggerIndex:
-    """Finds the pipelines an event triggers without scanning every pipeline."""
+    """Finds the pipelines an event triggers without scanning every pipeline.
+
+    For each event type seen, a plan is built once (and kept, up to ``PLANS`` types): the
+    triggers whose type is that type or a glob matching it, grouped by their remaining
+    filter, and indexed by exact subject. An event then tests only the filters that could
+    match it, each once.
+    """
+
+    PLANS = 10_000
 
     def __init__(self, pipelines: Iterable[Pipeline]) -> None:
-        self._by_type: dict[str, list[Match]] = {}
-        self._globbed: list[Match] = []
-        for pipeline in pipelines:
-            for position, trigger in enumerate(pipeline.triggers):
-                candidate = Match(pipeline, position, trigger)
-                if is_glob(trigger.type):
-                    self._globbed.append(candidate)
-                else:
-                    self._by_type.setdefault(trigger.type, []).append(candidate)
+        self._triggers = [
+            Match(pipeline, position, trigger)
+            for pipeline in pipelines
+            for position, trigger in enumerate(pipeline.triggers)
+        ]
+        self._plans: dict[str, _Plan] = {}
 
     def matches(self, event: CloudEvent) -> list[Match]:
-        """Each pipeline ``event`` triggers, with the first of its triggers that matched."""
-        matched: dict[str, Match] = {}
-        for candidates in (self._by_type.get(event.type, ()), self._globbed):
-            for candidate in candidates:
-                name = candidate.pipeline.name
-                if name not in matched and trigger_matches(candidate.trigger, event):
-                    matched[name] = candidate
-        return list(matched.values())
+        """Each pipeline ``event`` triggers, with the first of its triggers that matched,
+        in the order the pipelines were given."""
+        plan = self._plans.get(event.type) or self._plan(event.type)
+        found: list[tuple[int, Match]] = []
+        if event.subject is not None:
+            for candidate in plan.by_subject.get(event.subject, ()):
+                if candidate.holds(event):
+                    found += candidate.matches
+        for candidate in plan.others:
+            if candidate.holds(event):
+                found += candidate.matches
+        if len(found) < 2:
+            return [match for _, match in found]
+        first: dict[str, tuple[int, Match]] = {}
+        for rank, match in sorted(found, key=lambda ranked: ranked[0]):
+            first.setdefault(match.pipeline.name, (rank, match))
+        return [match for _, match in first.values()]
 
     def match(self, event: CloudEvent) -> list[Pipeline]:
         return [m.pipeline for m in self.matches(event)]
+
+    def _plan(self, event_type: str) -> _Plan:
+        plan = _Plan()
+        filters: dict[tuple[Any, ...], _Filter] = {}
+        for rank, match in enumerate(self._triggers):
+            trigger = match.trigger
+            if not _text_test(trigger.type)(event_type):
+                continue
+            key = (trigger.source, trigger.subject, repr(trigger.conditions))
+            if key not in filters:
+                exact_subject = trigger.subject is not None and not is_glob(trigger.subject)
+                filters[key] = _Filter(
+                    _text_test(trigger.source),
+                    (lambda value: True) if exact_subject else _text_test(trigger.subject),
+                    trigger.conditions,
+                )
+                if exact_subject:
+                    plan.by_subject.setdefault(str(trigger.subject), []).append(filters[key])
+                else:
+                    plan.others.append(filters[key])
+            filters[key].matches.append((rank, match))
+        if len(self._plans) >= self.PLANS:
+            self._plans.clear()  # a stream of ever-new types: never grow without bound
+        self._plans[event_type] = plan
+        return plan

@@ -8,7 +8,7 @@ corrupt control record goes to the DLQ instead of stopping the run table.
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict
+import dataclasses
 from typing import Any
 
 import orjson
@@ -27,10 +27,13 @@ _KINDS: dict[str, type[Control]] = {
     "window.due": WindowDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
 
 
 def encode_control(message: Control) -> bytes:
-    return orjson.dumps({"kind": _KIND_OF[type(message)], **asdict(message)})
+    # A shallow copy of the fields: ``asdict`` would deep-copy the event a message carries.
+    fields = {name: getattr(message, name) for name in _FIELDS[type(message)]}
+    return orjson.dumps({"kind": _KIND_OF[type(message)], **fields})
 
 
 def decode_control(value: bytes | None) -> Control:

@@ -18,7 +18,7 @@ independent branches still finish, and the run ends when no task can make progre
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from headwater.runner.pipeline import Pipeline
@@ -124,7 +124,13 @@ class Run:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Field by field: ``asdict`` would deep-copy the event and outputs on every change.
+        out = {name: getattr(self, name) for name in _RUN_FIELDS}
+        out["tasks"] = {
+            name: {field: getattr(record, field) for field in _TASK_FIELDS}
+            for name, record in self.tasks.items()
+        }
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Run:
@@ -133,6 +139,10 @@ class Run:
 
     def upstream_outputs(self, pipeline: Pipeline, task: str) -> dict[str, Any]:
         return {need: self.tasks[need].output for need in pipeline.task(task).needs}
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(Run) if f.name != "tasks")
+_TASK_FIELDS = tuple(f.name for f in fields(TaskRecord))
 
 
 def step(

@@ -85,3 +85,26 @@ def test_index_returns_each_matching_pipeline_once() -> None:
     assert [p.name for p in index.match(event(subject="x.csv", size=500))] == ["csv", "big"]
     assert [p.name for p in index.match(event("aws.s3.object.removed"))] == ["csv"]
     assert index.match(event("unknown.type")) == []
+
+
+def test_index_agrees_with_testing_every_trigger() -> None:
+    triggers = [
+        Trigger("aws.s3.object.created"),
+        Trigger("aws.s3.*", subject="*.csv"),
+        Trigger("aws.s3.object.created", subject="a.csv"),
+        Trigger("aws.s3.object.created", subject="a.csv", source="other"),
+        Trigger("aws.*", conditions=(Condition(("size",), "gt", 10),)),
+        Trigger("aws.s3.object.created", conditions=(Condition(("size",), "gt", 10),)),
+        Trigger("gcs.object.finalized", subject="a.csv"),
+    ]
+    pipelines = [pipeline(f"p{i}", t) for i, t in enumerate(triggers)]
+    pipelines.append(pipeline("two", triggers[6], triggers[2]))
+    index = TriggerIndex(pipelines)
+    for kind in ("aws.s3.object.created", "aws.s3.object.removed", "gcs.object.finalized"):
+        for subject in ("a.csv", "b.csv", "c.txt", None):
+            for size in (1, 50):
+                e = event(kind, subject=subject, size=size)
+                expected = [
+                    p.name for p in pipelines if any(trigger_matches(t, e) for t in p.triggers)
+                ]
+                assert [p.name for p in index.match(e)] == expected, (kind, subject, size)
