@@ -25,6 +25,8 @@ SPECVERSION = "1.0"
 JSON = "application/json"
 _REQUIRED = ("id", "source", "type", "specversion")
 _OPTIONAL = ("subject", "time", "datacontenttype", "dataschema")
+_STRINGS = frozenset((*_REQUIRED, *_OPTIONAL))
+_KNOWN = _STRINGS | {"data", "data_base64"}
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 Headers = list[tuple[str, bytes]]
 
@@ -76,17 +78,15 @@ class CloudEvent:
             raise BadMessage(f"CloudEvent is missing required attribute(s): {', '.join(missing)}")
         if obj["specversion"] != SPECVERSION:
             raise BadMessage(f"unsupported CloudEvents specversion {obj['specversion']!r}")
-        known = {*_REQUIRED, *_OPTIONAL, "data", "data_base64"}
         extensions = {}
         for name, value in obj.items():
-            if name in known:
-                continue
-            if not _EXTENSION_NAME.match(name):
+            if name in _KNOWN:
+                if name in _STRINGS and not isinstance(value, str):
+                    raise BadMessage(f"CloudEvent attribute {name!r} must be a string")
+            elif _EXTENSION_NAME.match(name):
+                extensions[name] = str(value)
+            else:
                 raise BadMessage(f"CloudEvent attribute name {name!r} is not lowercase a-z0-9")
-            extensions[name] = str(value)
-        for name in (*_REQUIRED, *_OPTIONAL):
-            if name in obj and not isinstance(obj[name], str):
-                raise BadMessage(f"CloudEvent attribute {name!r} must be a string")
         return cls(
             id=obj["id"],
             source=obj["source"],
@@ -134,6 +134,9 @@ def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
     attrs: dict[str, Any] = {}
     content_type = None
     for name, raw in headers or ():
+        if name[:3] == "ce_":  # the binding's spelling; other cases are rare
+            attrs[name[3:].lower()] = raw.decode("utf-8", "replace")
+            continue
         lowered = name.lower()
         if lowered.startswith("ce_"):
             attrs[lowered[3:]] = raw.decode("utf-8", "replace")
