@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS := dev,bench
+# The venv is reinstalled when pyproject.toml or the extras change.
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | cksum | cut -d' ' -f1)
 SERVICES := $(PY) tests/servers/services.py
 
 .PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke clean
@@ -22,7 +24,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -35,7 +37,9 @@ services-down:
 status: venv
 	$(SERVICES) status
 
-test: venv lint services
+# bench-smoke first (seconds; it checks that every built row yields a figure, never a
+# speed), so that pytest's summary is the last thing the suite prints.
+test: venv lint services bench-smoke
 	$(PY) -m pytest -q
 
 test-unit: venv

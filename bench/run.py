@@ -1,18 +1,21 @@
 """``make bench``: headwater's stages against raw aiokafka, measured in the same run.
 
-Every row is a rate measured here, on this machine, next to a baseline measured in the same
-process a moment before, so the ratio means something on a shared, noisy machine:
+Every rate is measured here, on this machine, next to a baseline measured in the same
+run a moment before, so the ratio means something on a shared, noisy machine:
 
-- baseline produce: raw ``AIOKafkaProducer.send`` pipelined (acks=all, idempotent);
-- baseline consume->produce: a raw batched ``getmany`` loop writing each record onward;
-- ingest: the bridge pump (in-memory source -> CloudEvent mapping -> Kafka -> ack after the
-  Kafka ack), ratio to raw produce;
-- match: the event router over 100 pipelines with mixed filters, ratio to consume->produce;
-- runs: one-task (no-op) pipelines triggered, executed and completed, end to end.
+- baselines (``bench.baselines``), after an untimed warm-up of the broker: raw produce, and
+  a raw batched consume->produce loop;
+- faust (``bench.faust_forward``): the consume->produce step as a faust-streaming agent;
+- ingest, match, runs (``bench.stages``): the bridge pump, the event router over 100
+  pipelines, and one-task no-op pipelines end to end;
+- latency (``bench.latency``) at fixed offered loads: to task start and to the completion
+  event being visible, p50/p99/max;
+- memory (``bench.memory``): peak RSS of a runner process working through a backlog.
 
-The table is printed and written to ``bench/results/latest.json``. ``--smoke`` runs tiny
-volumes (seconds) so the benchmark cannot rot; it asserts that each row produced a number,
-never a speed. Rows the issue asks for that are not built yet are listed as such.
+The table is printed and written to ``bench/results/latest.json``, every figure in full.
+``--smoke`` runs tiny volumes (seconds) so the benchmark cannot rot; it checks that each
+row produced a number, never a speed. Rows the issue asks for that are not built yet are
+listed as such and do not fail it. Only progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -24,346 +27,118 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
-from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import mapper
-from headwater.bridges.pump import Pump
-from headwater.runner import kafka
-from headwater.runner.engine import serve
-from headwater.runner.envelope import CloudEvent, to_kafka
-from headwater.runner.hooks import RunObserver
-from headwater.runner.pipeline import Condition, Pipeline, Task, Trigger
-from headwater.runner.router import EventRouter
+from bench.baselines import raw_consume_produce, raw_produce, warm_up
+from bench.batched import WINDOW, batched_runs
+from bench.faust_forward import forward_with_faust
+from bench.kafkatools import create_topics, delete_topics
+from bench.latency import latency
+from bench.logs import capture, log
+from bench.memory import memory
+from bench.stages import ingest, match, runs
 from headwater.runner.settings import Settings, Topics
 
 RESULTS = Path(__file__).parent / "results"
-VALUE = b"x" * 200
-BENCH_KIND = "bench"
+NOT_BUILT = "not built yet"
+
+
+@dataclass(frozen=True)
+class Volumes:
+    records: int  # baselines, faust, ingest, match
+    warm_up: int
+    runs: int
+    loads: tuple[int, ...]  # latency: offered events/s
+    load_seconds: float
+    drain_seconds: float
+    backlog: int  # memory
+    backlog_within: float
+
+
+FULL = Volumes(200_000, 100_000, 20_000, (1_000, 5_000, 10_000), 8.0, 15.0, 1_000_000, 300.0)
+SMOKE = Volumes(2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0)
 
 
 @dataclass
 class Row:
     name: str
-    rate: float | None
+    value: float | None  # the headline figure: a rate, a latency or a size
     unit: str
     baseline: str | None = None
     ratio: float | None = None
     note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # every figure behind the row
+
+    @property
+    def built(self) -> bool:
+        return not self.note.startswith(NOT_BUILT)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the row has its figures (a saturated latency row has no median)."""
+        return bool(self.value and self.value > 0) or bool(self.details)
 
 
 def progress(text: str) -> None:
     print(f"  ... {text}", file=sys.stderr, flush=True)
 
 
-def settings_for(run: str) -> Settings:
+def settings_for(prefix: str) -> Settings:
     base = Settings.from_env()
-    return Settings(kafka=base.kafka, topics=Topics(prefix=f"bench{run}."))
+    return Settings(kafka=base.kafka, topics=Topics(prefix=prefix))
 
 
-# --- baselines ----------------------------------------------------------------------------
+# --- the rows -----------------------------------------------------------------------------
 
 
-async def raw_produce(settings: Settings, topic: str, count: int) -> float:
-    producer = AIOKafkaProducer(
-        **settings.kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
-    )
-    await producer.start()
+async def benchmark(volumes: Volumes) -> list[Row]:
+    run = f"bench{uuid.uuid4().hex[:8]}"
+    settings = settings_for(f"{run}.")
     try:
-        started = time.perf_counter()
-        futures = [await producer.send(topic, VALUE) for _ in range(count)]
-        await asyncio.gather(*futures)
-        return count / (time.perf_counter() - started)
+        return await _rows(run, settings, volumes)
     finally:
-        await producer.stop()
+        try:
+            await delete_topics(settings, run)
+        except (KafkaError, OSError) as exc:  # never hide why the run itself failed
+            log.warning("could not delete the topics of %s: %r", run, exc)
 
 
-async def raw_consume_produce(settings: Settings, source: str, target: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(
-        source,
-        **settings.kafka.client_options(),
-        group_id=f"{source}.raw",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(
-        **settings.kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5
-    )
-    await consumer.start()
-    await producer.start()
-    try:
-        done, started = 0, None
-        while done < count:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-            if started is None and batch:
-                started = time.perf_counter()
-            futures = [
-                await producer.send(target, r.value, key=r.key)
-                for records in batch.values()
-                for r in records
-            ]
-            await asyncio.gather(*futures)
-            if batch:
-                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-            done += len(futures)
-        assert started is not None
-        return count / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
-        await producer.stop()
+async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
+    n = v.records
+    warm, raw, raw_out, faust_out = (f"{run}.{name}" for name in ("warm", "raw", "out", "faust"))
+    await create_topics(settings, [warm, f"{warm}-out", raw, raw_out, faust_out])
 
-
-# --- headwater stages ---------------------------------------------------------------------
-
-
-@mapper(BENCH_KIND)
-def _bench_event(delivery: Delivery) -> list[CloudEvent]:
-    return [
-        CloudEvent(
-            id=delivery.message_id,
-            source="/bench",
-            type="bench.reading",
-            subject=f"sensor/{int(delivery.message_id) % 100}",
-            data=orjson.loads(delivery.body),
-        )
-    ]
-
-
-class MemorySource:
-    """An in-memory source behind the real bridge interface; counts what gets acked."""
-
-    def __init__(self, count: int) -> None:
-        self.remaining = count
-        self.acked = 0
-        self.done = asyncio.Event()
-        self._next = 0
-        self._body = orjson.dumps({"value": 21.5, "unit": "C", "pad": "x" * 120})
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    async def connect(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def receive(self, max_messages: int) -> list[Delivery]:
-        if self.remaining == 0:
-            await asyncio.sleep(0.05)
-            return []
-        take = min(max_messages, self.remaining)
-        self.remaining -= take
-        first, self._next = self._next, self._next + take
-        return [
-            Delivery(kind=BENCH_KIND, message_id=str(i), body=self._body)
-            for i in range(first, first + take)
-        ]
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        self.acked += len(deliveries)
-        if self.remaining == 0 and self.acked >= self._next:
-            self.done.set()
-
-    async def nack(self, deliveries: Sequence[Delivery]) -> None:
-        # The benchmark's Kafka is local and up: a nack means the benchmark is broken.
-        raise RuntimeError(f"{len(deliveries)} deliveries were not written")
-
-
-async def ingest(settings: Settings, count: int) -> float:
-    await kafka.ensure_topics(settings, set())
-    producer = kafka.producer(settings)
-    await producer.start()
-    source = MemorySource(count)
-    stopping = asyncio.Event()
-    pump = Pump(
-        source,
-        producer,
-        settings.topics,
-        batch_size=1000,
-        write_timeout=settings.kafka.write_timeout,
-    )
-    try:
-        started = time.perf_counter()
-        task = asyncio.create_task(pump.run(stopping))
-        await source.done.wait()
-        elapsed = time.perf_counter() - started
-        stopping.set()
-        await task
-        return count / elapsed
-    finally:
-        await producer.stop()
-
-
-def hundred_pipelines() -> list[Pipeline]:
-    """100 pipelines with mixed filters: exact types, globs, subject globs, data conditions;
-    about one event in ten matches one of them."""
-    pipelines = []
-    for i in range(100):
-        match i % 4:
-            case 0:
-                trigger = Trigger(f"other.type.{i}")
-            case 1:
-                trigger = Trigger("bench.reading", subject=f"sensor/{i}")
-            case 2:
-                trigger = Trigger("other.*", subject="*/x")
-            case _:
-                trigger = Trigger(
-                    "bench.reading",
-                    conditions=(
-                        Condition(("value",), "gt", 100.0),
-                        Condition(("unit",), "eq", "C"),
-                    ),
-                )
-        pipelines.append(Pipeline(f"p{i}", (trigger,), (Task("t", "python", "bench.tasks:noop"),)))
-    return pipelines
-
-
-async def fill_events(settings: Settings, count: int) -> None:
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        futures = []
-        for i in range(count):
-            event = CloudEvent(
-                id=str(i),
-                source="/bench",
-                type="bench.reading",
-                subject=f"sensor/{i % 100}",
-                data={"value": 21.5, "unit": "C"},
-            )
-            headers, value = to_kafka(event)
-            futures.append(
-                await producer.send(
-                    settings.topics.events, value, headers=headers, key=event.subject.encode()
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def committed_to_end(settings: Settings, role: str, topic: str) -> bool:
-    """Whether consumer group ``role`` has committed every record of ``topic``."""
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_options(),
-        group_id=settings.topics.group(role),
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
-        ends = await consumer.end_offsets(partitions)
-        for tp, end in ends.items():
-            if (await consumer.committed(tp) or 0) < end:
-                return False
-        return True
-    finally:
-        await consumer.stop()
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]], within: float, worker: asyncio.Task[None]
-) -> None:
-    """Poll ``check``; fail at the deadline, or at once if ``worker`` died."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if worker.done():
-            worker.result()  # raises what stopped it
-            raise RuntimeError("the benchmarked component stopped early")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the benchmark did not finish in time")
-        await asyncio.sleep(0.2)
-
-
-async def match(settings: Settings, count: int) -> float:
-    await kafka.ensure_topics(settings, {"default"})
-    await fill_events(settings, count)
-    producer = kafka.producer(settings)
-    await producer.start()
-    stopping = asyncio.Event()
-    router = EventRouter(settings, hundred_pipelines(), producer)
-    try:
-        started = time.perf_counter()
-        task = asyncio.create_task(router.run(stopping))
-        await until(lambda: committed_to_end(settings, "router", settings.topics.events), 300, task)
-        elapsed = time.perf_counter() - started
-        stopping.set()
-        await task
-        return count / elapsed
-    finally:
-        await producer.stop()
-
-
-class _Count(RunObserver):
-    def __init__(self) -> None:
-        self.finished = 0
-
-    def run_finished(self, run: Any) -> None:
-        self.finished += 1
-
-
-async def runs(settings: Settings, count: int) -> float:
-    pipeline = Pipeline(
-        "noop", (Trigger("bench.reading"),), (Task("t", "python", "bench.tasks:noop"),)
-    )
-    await kafka.ensure_topics(settings, {"default"})
-    await fill_events(settings, count)
-    counter, stopping = _Count(), asyncio.Event()
-    started = time.perf_counter()
-    task = asyncio.create_task(serve(settings, [pipeline], [], counter, stopping))
-    deadline = time.monotonic() + 600
-    while counter.finished < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {counter.finished} of {count} runs finished")
-        await asyncio.sleep(0.1)
-    elapsed = time.perf_counter() - started
-    stopping.set()
-    await task
-    return count / elapsed
-
-
-# --- the table ----------------------------------------------------------------------------
-
-
-async def benchmark(smoke: bool) -> list[Row]:
-    n = 2_000 if smoke else 200_000
-    run = uuid.uuid4().hex[:8]
-    settings = settings_for(run)
-    raw_topic, raw_out = f"bench{run}.raw", f"bench{run}.raw-out"
-    await kafka.ensure_topics(settings, set())
-    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
-    await admin.start()
-    await admin.create_topics(
-        [
-            NewTopic(raw_topic, settings.kafka.partitions, 1),
-            NewTopic(raw_out, settings.kafka.partitions, 1),
-        ]
-    )
-    await admin.close()
-
+    progress(f"warm-up: raw produce and consume -> produce, {v.warm_up} records (untimed)")
+    await warm_up(settings, warm, f"{warm}-out", v.warm_up)
     progress(f"baseline: raw aiokafka produce, {n} records")
-    produce = await raw_produce(settings, raw_topic, n)
+    produce = await raw_produce(settings, raw, n)
     progress(f"baseline: raw batched consume -> produce, {n} records")
-    consume_produce = await raw_consume_produce(settings, raw_topic, raw_out, n)
+    consume_produce = await raw_consume_produce(settings, raw, raw_out, n)
+    progress(f"faust: the same consume -> produce as a faust-streaming agent, {n} records")
+    faust = Row("faust-streaming agent consume->produce", None, "msgs/s")
+    try:
+        faust.value = await forward_with_faust(settings, raw, faust_out, n, 120 + n / 1000)
+        faust.baseline, faust.ratio = "baseline consume->produce", faust.value / consume_produce
+    except RuntimeError as exc:  # an optional dependency: say why, and measure the rest
+        faust.note = f"failed: {exc}"
     progress(f"ingest: bridge pump from an in-memory source, {n} events")
-    ingested = await ingest(settings_for(run + "i"), n)
+    ingested = await ingest(settings_for(f"{run}i."), n)
     progress(f"match: router over 100 pipelines, {n} events")
-    matched = await match(settings_for(run + "m"), n)
-    run_count = 200 if smoke else 20_000
-    progress(f"runs: one-task pipelines end to end, {run_count} runs")
-    completed = await runs(settings_for(run + "r"), run_count)
-    return [
+    matched = await match(settings_for(f"{run}m."), n)
+    progress(f"runs: one-task pipelines end to end, {v.runs} runs")
+    completed = await runs(settings_for(f"{run}r."), v.runs)
+    progress(f"batched runs: {n} events through a trigger batching {WINDOW.max_events} a run")
+    carried, batch_runs = await batched_runs(settings_for(f"{run}x."), n)
+
+    rows = [
         Row("baseline produce (raw aiokafka send)", produce, "msgs/s"),
         Row("baseline consume->produce (raw getmany loop)", consume_produce, "msgs/s"),
+        faust,
         Row(
             "ingest (pump: memory source -> CloudEvent -> Kafka -> ack)",
             ingested,
@@ -379,41 +154,112 @@ async def benchmark(smoke: bool) -> list[Row]:
             matched / consume_produce,
         ),
         Row("runs (one no-op task, end to end)", completed, "runs/s"),
-        Row("batched runs", None, "events/s", note="not built yet: batching triggers"),
-        Row("latency at 1k/5k/10k events/s", None, "ms", note="not built yet"),
-        Row("memory, 1M backlog", None, "MB", note="not built yet"),
+        Row(
+            f"batched runs (max_events {WINDOW.max_events}, max_wait {WINDOW.max_wait:g}s)",
+            carried,
+            "events/s",
+            note=f"{batch_runs} runs",
+        ),
     ]
+    for rate in v.loads:
+        progress(f"latency: {rate} events/s offered for {v.load_seconds:g}s, one-task pipeline")
+        load = settings_for(f"{run}l{rate}.")
+        rows.append(_latency_row(await latency(load, rate, v.load_seconds, v.drain_seconds)))
+    progress(f"memory: a runner process working through a backlog of {v.backlog} events")
+    used = await memory(settings_for(f"{run}b."), v.backlog, v.backlog_within)
+    rows.append(
+        Row(
+            f"memory (runner peak RSS, {v.backlog:,}-event backlog)",
+            used["peak_rss_mb"],
+            "MB",
+            note=f"backlog routed in {used['backlog_seconds']:.0f} s "
+            f"({used['events_per_s']:,.0f} events/s)",
+            details=used,
+        )
+    )
+    return rows
+
+
+def _latency_row(figures: dict[str, Any]) -> Row:
+    """The headline is the median to completion; missing if most runs were not done."""
+    f = figures
+    start = "/".join(_ms(f[f"start_{k}_ms"]) for k in ("p50", "p99", "max"))
+    done = "/".join(_ms(f[f"completion_{k}_ms"]) for k in ("p50", "p99", "max"))
+    note = (
+        f"p50/p99/max ms: to completion {done}, to task start {start}; offered"
+        f" {f['offered_per_s']:,.0f}/s, achieved {_per_s(f['achieved_per_s'])},"
+        f" completed {_per_s(f['completed_per_s'])}"
+    )
+    if f["completed"] < f["events"]:
+        note += f"; {f['events'] - f['completed']:,} of {f['events']:,} runs not done in time"
+    return Row(
+        f"latency at {f['offered_per_s']:,.0f} events/s (to completion, p50)",
+        f["completion_p50_ms"],
+        "ms",
+        note=note,
+        details=figures,
+    )
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def figure(row: Row) -> str:
+    return "-" if row.value is None else f"{row.value:,.0f} {row.unit}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _per_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}/s"
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"\n{'row':62} {'figure':>14}  {'ratio':>18}")
-    for row in rows:
-        figure = f"{row.rate:,.0f} {row.unit}" if row.rate is not None else row.note
-        ratio = f"{row.ratio:.2f} x {row.baseline.split(' ')[1]}" if row.ratio else ""
-        print(f"{row.name:62} {figure:>14}  {ratio:>18}")
+    cells = [
+        (
+            row.name,
+            figure(row),
+            f"{row.ratio:.2f} x {row.baseline.split(' ')[1]}" if row.ratio and row.baseline else "",
+            row.note,
+        )
+        for row in rows
+    ]
+    header = ("row", "figure", "ratio", "note")
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(3)]
+    print()
+    for name, value, ratio, note in [header, *cells]:
+        print(f"{name:{widths[0]}}  {value:>{widths[1]}}  {ratio:>{widths[2]}}  {note}".rstrip())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--smoke", action="store_true", help="tiny volumes; no speed claims")
     args = parser.parse_args()
-    rows = asyncio.run(benchmark(args.smoke))
-    print_table(rows)
+    name = "smoke" if args.smoke else "latest"
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("smoke.json" if args.smoke else "latest.json")
+    warnings = capture(RESULTS / f"{name}.log")
+    started = time.monotonic()
+    rows = asyncio.run(benchmark(SMOKE if args.smoke else FULL))
+    took = time.monotonic() - started
+    print_table(rows)
+    print(f"\n{took:.0f} s in all; {warnings.count} warning(s) logged to bench/results/{name}.log")
+    out = RESULTS / f"{name}.json"
     out.write_bytes(
         orjson.dumps(
             {
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "smoke": args.smoke,
+                "seconds": took,
+                "warnings": warnings.count,
                 "rows": [asdict(row) for row in rows],
             },
             option=orjson.OPT_INDENT_2,
         )
     )
-    built = [row for row in rows if not row.note.startswith("not built")]
-    missing = [row.name for row in built if row.rate is None or row.rate <= 0]
+    missing = [row.name for row in rows if row.built and not row.measured]
     if missing:
         print(f"rows without a figure: {missing}", file=sys.stderr)
         return 1

@@ -1,9 +1,21 @@
-"""The benchmark pipelines' task: nothing, as fast as possible."""
+"""The benchmark pipelines' tasks: nothing, as fast as possible.
+
+``noop_stamped`` also notes when it started (wall clock), by trigger event id, for the
+latency rows; it is a separate task so that the other rows keep no per-run state.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+#: trigger event id -> when its task first started (``time.time()``)
+started_at: dict[str, float] = {}
 
 
 async def noop(ctx: Any) -> None:
     return None
+
+
+async def noop_stamped(ctx: Any) -> None:
+    started_at.setdefault(ctx.event["id"], time.time())

@@ -135,6 +135,7 @@ class ControlProcessor:
                     consumer.seek(tp, records[0].offset)
             batch = {tp: rs for tp, rs in batch.items() if tp.partition in self._tables}
             if not batch:
+                await asyncio.sleep(0.05)  # a restore is under way: do not spin on re-reads
                 return
             outcome = _BatchOutcome()
             writer = kafka.BatchWriter(txn)

@@ -163,8 +163,21 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
     """A producer whose writes and consumer offsets commit atomically. A transaction left
-    open by a process that died unfenced is aborted by the broker after 10 s."""
-    return producer(settings, transactional_id=transactional_id, transaction_timeout_ms=10_000)
+    open by a process that died unfenced is aborted by the broker after 10 s.
+
+    Kafka 4 verifies that a partition joined the transaction before accepting a write to
+    it, and answers a write that arrives first with a retriable error (NotEnoughReplicas,
+    for clients as old as aiokafka's protocol); the default 100 ms retry backoff then
+    stalls the transaction, so retries here come after 10 ms. We batch records ourselves
+    (``BatchWriter``), so there is nothing to linger for.
+    """
+    return producer(
+        settings,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=10_000,
+        retry_backoff_ms=10,
+        linger_ms=0,
+    )
 
 
 def consumer(settings: Settings, *topics: str, group: str | None, **overrides: Any) -> Any:
