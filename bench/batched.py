@@ -8,12 +8,11 @@ events: the sum of the ``count`` of every finished batch run.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from bench.kafkatools import ensure_log_topics, fill_events, until
-from headwater.runner.engine import serve
+from bench.kafkatools import ensure_log_topics, fill_events
+from bench.stages import serve_until
 from headwater.runner.hooks import RunObserver
 from headwater.runner.pipeline import Batching, Pipeline, Task, Trigger
 from headwater.runner.settings import Settings
@@ -51,15 +50,6 @@ async def batched_runs(settings: Settings, count: int) -> tuple[float, int]:
     """Events/s through the batching pipeline, and how many runs carried them."""
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
-    observer, stopping = _Events(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, [batched_pipeline()], [], observer, stopping))
-
-    async def all_carried() -> bool:
-        return observer.events >= count
-
-    try:
-        await until(all_carried, 600, task, every=0.05)
-    finally:
-        stopping.set()
-        await task
+    observer = _Events()
+    await serve_until(settings, batched_pipeline(), observer, lambda: observer.events >= count)
     return count / (observer.last_finished - observer.first_started), observer.runs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -171,15 +171,23 @@ class _Count(RunObserver):
 async def runs(settings: Settings, count: int) -> float:
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
-    counter, stopping = _Count(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, [noop_pipeline()], [], counter, stopping))
+    counter = _Count()
+    await serve_until(settings, noop_pipeline(), counter, lambda: counter.finished >= count)
+    return count / (counter.last_finished - counter.first_started)
 
-    async def all_finished() -> bool:
-        return counter.finished >= count
+
+async def serve_until(
+    settings: Settings, pipeline: Pipeline, observer: RunObserver, done: Callable[[], bool]
+) -> None:
+    """Run the runner on ``pipeline`` in this process until ``done()`` holds."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve(settings, [pipeline], [], observer, stopping))
+
+    async def finished() -> bool:
+        return done()
 
     try:
-        await until(all_finished, 600, task, every=0.05)
+        await until(finished, 600, task, every=0.05)
     finally:
         stopping.set()
         await task
-    return count / (counter.last_finished - counter.first_started)
