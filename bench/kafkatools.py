@@ -172,23 +172,31 @@ async def record_times(settings: Settings, topic: str) -> dict[str, float]:
 # --- progress -----------------------------------------------------------------------------
 
 
-async def committed_to_end(settings: Settings, role: str, topic: str) -> bool:
-    """Whether consumer group ``role`` has committed every record of ``topic``."""
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_options(),
-        group_id=settings.topics.group(role),
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
-        ends = await consumer.end_offsets(partitions)
+class CommitWatch:
+    """Whether consumer group ``role`` has committed every record of ``topic``, asked
+    through one client kept open (a client per check would load the benchmarked process)."""
+
+    def __init__(self, settings: Settings, role: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            **settings.kafka.client_options(),
+            group_id=settings.topics.group(role),
+            enable_auto_commit=False,
+        )
+        self._partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+
+    async def __aenter__(self) -> CommitWatch:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def caught_up(self) -> bool:
+        ends = await self._consumer.end_offsets(self._partitions)
         for tp, end in ends.items():
-            if (await consumer.committed(tp) or 0) < end:
+            if (await self._consumer.committed(tp) or 0) < end:
                 return False
         return True
-    finally:
-        await consumer.stop()
 
 
 async def until(

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.kafkatools import committed_to_end, ensure_log_topics, fill_events, until
+from bench.kafkatools import CommitWatch, ensure_log_topics, fill_events, until
 from bench.processes import relay, stop
 from headwater.runner.settings import Settings
 
@@ -39,12 +39,8 @@ async def memory(settings: Settings, count: int, within: float) -> dict[str, Any
         started = time.perf_counter()
         exited = asyncio.create_task(process.wait())
         try:
-            await until(
-                lambda: committed_to_end(settings, "router", settings.topics.events),
-                within,
-                exited,
-                every=1.0,
-            )
+            async with CommitWatch(settings, "router", settings.topics.events) as watch:
+                await until(watch.caught_up, within, exited, every=1.0)
             elapsed = time.perf_counter() - started
             status = _status(process.pid)
         finally:

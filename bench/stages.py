@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from bench.kafkatools import committed_to_end, ensure_log_topics, fill_events, until
+from bench.kafkatools import CommitWatch, ensure_log_topics, fill_events, until
 from headwater.bridges.base import Delivery
 from headwater.bridges.mapping import mapper
 from headwater.bridges.pump import Pump
@@ -147,7 +147,8 @@ async def match(settings: Settings, count: int) -> float:
     started = time.perf_counter()
     task = asyncio.create_task(EventRouter(settings, hundred_pipelines()).run(stopping))
     try:
-        await until(lambda: committed_to_end(settings, "router", settings.topics.events), 300, task)
+        async with CommitWatch(settings, "router", settings.topics.events) as watch:
+            await until(watch.caught_up, 300, task)
         elapsed = time.perf_counter() - started
     finally:
         stopping.set()

@@ -17,6 +17,7 @@ independent branches still finish, and the run ends when no task can make progre
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -29,8 +30,15 @@ _NAMESPACE = uuid.UUID("6f1a7c36-6a8e-4b0e-9a43-2d1f3c9b7e10")
 
 
 def run_id_for(pipeline: str, event_id: str, event_source: str) -> str:
-    """The run id of ``pipeline`` triggered by one event (CloudEvents: id + source)."""
-    return str(uuid.uuid5(_NAMESPACE, f"{pipeline}\x00{event_source}\x00{event_id}"))
+    """The run id of ``pipeline`` triggered by one event (CloudEvents: id + source): the
+    UUID5 of their names, spelled out here because ``uuid.uuid5`` costs a tenth of the
+    router's time per event (it builds a ``UUID`` object to print it)."""
+    name = f"{pipeline}\x00{event_source}\x00{event_id}".encode()
+    raw = bytearray(hashlib.sha1(_NAMESPACE.bytes + name, usedforsecurity=False).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --- control messages (the run's only input) -------------------------------------------

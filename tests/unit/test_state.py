@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from headwater.runner.pipeline import Backoff, Pipeline, Task, Trigger
 from headwater.runner.state import (
     Dispatch,
@@ -117,3 +119,10 @@ def test_backoff_grows_caps_and_jitters() -> None:
     backoff = Backoff(initial=1.0, maximum=5.0, multiplier=2.0, jitter=0.1)
     assert [backoff.delay(n, 0.5) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
     assert backoff.delay(1, 0.0) == 0.9 and backoff.delay(1, 0.999999) < 1.1
+
+
+def test_run_ids_are_the_uuid5_of_pipeline_source_and_event_id() -> None:
+    namespace = uuid.UUID("6f1a7c36-6a8e-4b0e-9a43-2d1f3c9b7e10")
+    for pipeline, event_id, source in [("p", "1", "/s"), ("csv-report", "é/∂", "arn:aws:s3")]:
+        expected = uuid.uuid5(namespace, f"{pipeline}\x00{source}\x00{event_id}")
+        assert run_id_for(pipeline, event_id, source) == str(expected)
