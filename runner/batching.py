@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from headwater.runner.envelope import CloudEvent, rfc3339
+from headwater.runner.envelope import CloudEvent, epoch_iso
 from headwater.runner.matching import MISSING, lookup
 from headwater.runner.pipeline import Batching
 from headwater.runner.state import RunRequested, run_id_for
@@ -195,13 +194,13 @@ def close(window: Window, reason: CloseReason, now: float) -> RunRequested:
         "id": run_id,
         "source": BATCH_SOURCE_PREFIX + window.pipeline,
         "type": BATCH_TYPE,
-        "time": _iso(now),
+        "time": epoch_iso(now),
         "datacontenttype": "application/json",
         "data": {
             "reason": reason,
             "count": len(window.events),
             "key": window.key,
-            "opened_at": _iso(window.opened_at),
+            "opened_at": epoch_iso(window.opened_at),
             "events": window.events,
         },
     }
@@ -212,7 +211,3 @@ def close(window: Window, reason: CloseReason, now: float) -> RunRequested:
 
 def _identity(event: dict[str, Any]) -> tuple[str, str]:
     return str(event.get("source")), str(event.get("id"))
-
-
-def _iso(epoch: float) -> str:
-    return rfc3339(datetime.fromtimestamp(epoch, UTC))

@@ -6,10 +6,9 @@ pipeline name, so one pipeline's completions keep their order. Pure.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from headwater.runner.envelope import CloudEvent, rfc3339
+from headwater.runner.envelope import CloudEvent, epoch_iso
 from headwater.runner.state import Run, TaskRecord
 
 SOURCE_PREFIX = "/headwater/pipelines/"
@@ -25,8 +24,8 @@ def completion_event(run: Run) -> CloudEvent:
         "pipeline": run.pipeline,
         "status": run.status,
         "trigger": {k: trigger.get(k) for k in ("id", "source", "type", "subject")},
-        "started_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "started_at": epoch_iso(run.created_at),
+        "finished_at": epoch_iso(run.finished_at),
         "duration_ms": round((run.finished_at - run.created_at) * 1000, 3),
         "tasks": tasks,
     }
@@ -38,7 +37,7 @@ def completion_event(run: Run) -> CloudEvent:
         source=SOURCE_PREFIX + run.pipeline,
         type=f"headwater.run.{run.status}",
         subject=run.pipeline,
-        time=_iso(run.finished_at),
+        time=epoch_iso(run.finished_at),
         data=data,
     )
 
@@ -54,7 +53,3 @@ def _task_summary(record: TaskRecord) -> dict[str, Any]:
         "error": record.error,
         "duration_ms": duration,
     }
-
-
-def _iso(epoch: float) -> str:
-    return rfc3339(datetime.fromtimestamp(epoch, UTC))

@@ -12,6 +12,7 @@ attributes (see ``schemas/cloudevent.schema.json``):
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +110,13 @@ def rfc3339(stamp: datetime) -> str:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_iso(seconds: float) -> str:
+    """``rfc3339`` of a Unix time, without building a ``datetime`` (hot path)."""
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
 def now_iso() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -13,7 +14,7 @@ from cloudevents.core.bindings.kafka import from_kafka as sdk_from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from headwater.runner.completion import completion_event
-from headwater.runner.envelope import CloudEvent, from_kafka, to_kafka
+from headwater.runner.envelope import CloudEvent, epoch_iso, from_kafka, rfc3339, to_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.state import Run, TaskRecord
 
@@ -118,3 +119,9 @@ def test_records_that_are_not_cloudevents_say_why(
 
 
 def _unused(_: Any) -> None: ...
+
+
+def test_epoch_iso_agrees_with_rfc3339() -> None:
+    for seconds in (0.0, 1732530000.1234, 1764064800.9999, 1764064800.0005):
+        expected = rfc3339(datetime.fromtimestamp(seconds, UTC))
+        assert epoch_iso(seconds) == expected, seconds
