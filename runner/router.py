@@ -6,10 +6,13 @@ id; a batching trigger's events are gathered per window and written as one
 ``events.batched`` message per window (split when large), keyed by the window. A record
 that is not a CloudEvent goes to the DLQ with the reason; the stream goes on.
 
-Each fetched batch's writes and its consumer offsets commit in one Kafka transaction, so
-a re-read event (after a crash or a rebalance) is never written twice: batching windows
-count each event once. The transactional id is stable per instance, so a restarted
-router fences the transaction its dead predecessor left open.
+A fetched batch that feeds a batching window commits its writes and its consumer offsets
+in one Kafka transaction, so a re-read event (after a crash or a rebalance) is never
+written twice and a window counts each event once; the transactional id is stable per
+instance, so a restarted router fences the transaction its dead predecessor left open. A
+batch of per-event run requests only is written, acknowledged, then committed: a re-read
+makes the same run ids, which the run table deduplicates, and it skips a transaction's
+round trips.
 """
 
 from __future__ import annotations
@@ -45,56 +48,84 @@ class EventRouter:
         txn = kafka.transactional_producer(
             self._settings, f"{topics.group('router')}.{self._settings.instance}"
         )
+        plain = kafka.producer(self._settings)
         consumer = kafka.consumer(self._settings, topics.events, group=topics.group("router"))
         await txn.start()
+        await plain.start()
         try:
             await consumer.start()
             try:
-                writer = kafka.BatchWriter(txn)
+                writers = kafka.BatchWriter(plain), kafka.BatchWriter(txn)
                 while not stopping.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                     if batch:
-                        await self._route(batch, txn, writer)
+                        await self._route(batch, consumer, txn, writers)
             finally:
                 await consumer.stop()
         finally:
+            await plain.stop()
             await txn.stop()
 
     async def _route(
-        self, batch: dict[TopicPartition, list[Any]], txn: Any, writer: kafka.BatchWriter
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        consumer: Any,
+        txn: Any,
+        writers: tuple[kafka.BatchWriter, kafka.BatchWriter],
     ) -> None:
-        windows = _Windows()
-        async with txn.transaction():
-            for records in batch.values():
-                for record in records:
-                    try:
-                        event = from_kafka(record.headers, record.value)
-                    except BadMessage as exc:
-                        await self._dead_letter(record, str(exc), writer)
-                        continue
-                    for match in self._index.matches(event):
-                        if match.trigger.batch is None:
-                            await self._request_run(match.pipeline, event, writer)
-                        else:
-                            windows.add(match, event, len(record.value or b""))
+        writes, windows = self._plan(batch)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        if windows.empty():
+            # Run requests only: a re-read after a crash makes the same run ids, which the
+            # run table deduplicates, so acknowledged writes then a commit are enough.
+            writer = writers[0]
+            for topic, value, key, headers in writes:
+                await writer.add(topic, value, key=key, headers=headers)
+            await kafka.all_acknowledged(await writer.flush(), self._settings.kafka.write_timeout)
+            await consumer.commit(offsets)
+            return
+        writer = writers[1]
+        async with txn.transaction():  # a batching window must count each event once
+            for topic, value, key, headers in writes:
+                await writer.add(topic, value, key=key, headers=headers)
             for message in windows.messages():
-                await writer.add(
-                    self._topics.control, encode_control(message), key=message.window.encode()
-                )
+                value = encode_control(message)
+                await writer.add(self._topics.control, value, key=message.window.encode())
             await writer.flush()
-            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
             await txn.send_offsets_to_transaction(offsets, self._topics.group("router"))
 
-    async def _request_run(
-        self, pipeline: Pipeline, event: CloudEvent, writer: kafka.BatchWriter
-    ) -> None:
+    def _plan(self, batch: dict[TopicPartition, list[Any]]) -> tuple[list[_Write], _Windows]:
+        """The writes a fetched batch causes: run requests and DLQ records, and the events
+        gathered per batching window."""
+        writes: list[_Write] = []
+        windows = _Windows()
+        for records in batch.values():
+            for record in records:
+                try:
+                    event = from_kafka(record.headers, record.value)
+                except BadMessage as exc:
+                    origin = {
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    }
+                    value = dlq_record(str(exc), origin, record.value, record.headers)
+                    writes.append((self._topics.dlq, value, None, None))
+                    continue
+                for match in self._index.matches(event):
+                    if match.trigger.batch is None:
+                        writes.append(self._run_request(match.pipeline, event))
+                    else:
+                        windows.add(match, event, len(record.value or b""))
+        return writes, windows
+
+    def _run_request(self, pipeline: Pipeline, event: CloudEvent) -> _Write:
         run_id = run_id_for(pipeline.name, event.id, event.source)
         value = encode_control(RunRequested(run_id, pipeline.name, event.to_dict()))
-        await writer.add(self._topics.control, value, key=run_id.encode())
+        return self._topics.control, value, run_id.encode(), None
 
-    async def _dead_letter(self, record: Any, reason: str, writer: kafka.BatchWriter) -> None:
-        origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        await writer.add(self._topics.dlq, dlq_record(reason, origin, record.value, record.headers))
+
+_Write = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
 
 
 @dataclass
@@ -125,6 +156,9 @@ class _Windows:
             gathered.chunk_size = 0
         gathered.chunks[-1].append(event.to_dict())
         gathered.chunk_size += size
+
+    def empty(self) -> bool:
+        return not self._gathered
 
     def messages(self) -> Iterable[EventsBatched]:
         for window, gathered in self._gathered.items():
