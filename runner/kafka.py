@@ -42,19 +42,6 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-async def send(
-    producer: AIOKafkaProducer,
-    topic: str,
-    value: bytes,
-    *,
-    key: bytes | None = None,
-    headers: list[tuple[str, bytes]] | None = None,
-) -> asyncio.Future[Any]:
-    """Enqueue one record; the returned future resolves once Kafka acknowledged it."""
-    future: asyncio.Future[Any] = await producer.send(topic, value, key=key, headers=headers)
-    return future
-
-
 class BatchWriter:
     """Writes records in per-partition batches built here (``create_batch``/``send_batch``).
 

@@ -8,6 +8,7 @@ that matched.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,14 +24,6 @@ MISSING = object()
 
 def is_glob(pattern: str) -> bool:
     return not _GLOB_CHARS.isdisjoint(pattern)
-
-
-def _text_matches(pattern: str | None, value: str | None) -> bool:
-    if pattern is None:
-        return True
-    if value is None:
-        return False
-    return fnmatchcase(value, pattern) if is_glob(pattern) else value == pattern
 
 
 def lookup(data: Any, path: tuple[str, ...]) -> Any:
@@ -77,9 +70,9 @@ def condition_holds(condition: Condition, data: Any) -> bool:
 
 def trigger_matches(trigger: Trigger, event: CloudEvent) -> bool:
     return (
-        _text_matches(trigger.type, event.type)
-        and _text_matches(trigger.source, event.source)
-        and _text_matches(trigger.subject, event.subject)
+        _text_test(trigger.type)(event.type)
+        and _text_test(trigger.source)(event.source)
+        and _text_test(trigger.subject)(event.subject)
         and all(condition_holds(c, event.data) for c in trigger.conditions)
     )
 
@@ -90,7 +83,9 @@ class Match(NamedTuple):
     trigger: Trigger
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_test(pattern: str | None) -> Callable[[str | None], bool]:
+    """A test of a text attribute: anything (no pattern), a glob, or an exact string."""
     if pattern is None:
         return lambda value: True
     if is_glob(pattern):

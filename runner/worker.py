@@ -41,7 +41,7 @@ class Worker:
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
-        self._writer = kafka.BatchWriter(producer)
+        self._producer = producer
         self._route = route
         self._concurrency = concurrency
 
@@ -52,6 +52,7 @@ class Worker:
             group=self._topics.group(f"workers.{self._route}"),
             max_poll_interval_ms=3_600_000,
         )
+        writer = kafka.BatchWriter(self._producer)  # a restart starts with nothing half-added
         await consumer.start()
         try:
             while not stopping.is_set():
@@ -62,8 +63,8 @@ class Worker:
                 slots = asyncio.Semaphore(self._concurrency)
                 results = await asyncio.gather(*(self._attempt(r, slots) for r in records))
                 for topic, value, key in results:
-                    await self._writer.add(topic, value, key=key)
-                writes = await self._writer.flush()
+                    await writer.add(topic, value, key=key)
+                writes = await writer.flush()
                 await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
