@@ -10,7 +10,9 @@ run a moment before, so the ratio means something on a shared, noisy machine:
   pipelines, and one-task no-op pipelines end to end;
 - latency (``bench.latency``) at fixed offered loads: to task start and to the completion
   event being visible, p50/p99/max;
-- memory (``bench.memory``): peak RSS of a runner process working through a backlog.
+- memory (``bench.memory``): peak RSS of a runner process working through a backlog;
+- scale-out (``bench.scaleout``): match and runs on two runner processes against one,
+  measured the same way in the same run.
 
 The table is printed and written to ``bench/results/latest.json``, every figure in full.
 ``--smoke`` runs tiny volumes (seconds) so the benchmark cannot rot; it checks that each
@@ -41,6 +43,7 @@ from bench.kafkatools import create_topics, delete_topics
 from bench.latency import latency
 from bench.logs import capture, log
 from bench.memory import memory
+from bench.scaleout import scale_out
 from bench.stages import ingest, match, runs
 from headwater.runner.settings import Settings, Topics
 
@@ -58,10 +61,14 @@ class Volumes:
     drain_seconds: float
     backlog: int  # memory
     backlog_within: float
+    scale_events: int  # scale-out: match
+    scale_runs: int  # scale-out: runs
 
 
-FULL = Volumes(200_000, 100_000, 20_000, (1_000, 5_000, 10_000), 8.0, 15.0, 1_000_000, 300.0)
-SMOKE = Volumes(2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0)
+FULL = Volumes(
+    200_000, 100_000, 20_000, (1_000, 5_000, 10_000), 8.0, 15.0, 1_000_000, 300.0, 500_000, 60_000
+)
+SMOKE = Volumes(2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0, 20_000, 1_000)
 
 
 @dataclass
@@ -177,6 +184,28 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
             details=used,
         )
     )
+    for stage, count, unit in (
+        ("match", v.scale_events, "events/s"),
+        ("runs", v.scale_runs, "runs/s"),
+    ):
+        figures = []
+        for processes in (1, 2):
+            progress(f"scale-out: {stage} on {processes} runner process(es), {count} events")
+            scale = settings_for(f"{run}s{stage}{processes}.")
+            figures.append(await scale_out(scale, stage, processes, count, v.backlog_within))
+        one, two = (f["per_s"] for f in figures)
+        rows.append(
+            Row(
+                f"{stage}, 2 runner processes (scale-out)",
+                two,
+                unit,
+                "baseline 1-process",
+                two / one if one and two else None,
+                note=f"1 process: {_per_s(one)}, measured the same way (steady, 4 partitions)"
+                + ("" if two else "; no steady part: the backlog was done first"),
+                details={"one_process": figures[0], "two_processes": figures[1]},
+            )
+        )
     return rows
 
 

@@ -1,7 +1,14 @@
-"""``python -m bench.runner_process PREFIX``: one runner process for the memory row.
+"""``python -m bench.runner_process PREFIX [STAGE]``: one runner process of the benchmark.
 
-It serves the 100 mixed pipelines on the topics under PREFIX until SIGTERM or SIGINT, and
-prints nothing per event, so the memory it holds is the runner's own.
+STAGE says what it runs on the topics under PREFIX, until SIGTERM or SIGINT:
+
+- ``memory`` (the default): the whole runner on the 100 mixed pipelines (the memory row);
+- ``match``: the event router alone on the 100 mixed pipelines (the scale-out rows);
+- ``runs``: the whole runner on the one-task no-op pipeline (the scale-out rows).
+
+It prints nothing per event, so the memory it holds is the runner's own. Its instance
+name and partition count come from the environment (``HEADWATER_INSTANCE``,
+``HEADWATER_KAFKA_PARTITIONS``), as for any headwater process.
 """
 
 from __future__ import annotations
@@ -10,27 +17,34 @@ import asyncio
 import signal
 import sys
 
-from bench.stages import hundred_pipelines
+from bench.stages import hundred_pipelines, noop_pipeline
 from headwater.runner.engine import serve
 from headwater.runner.hooks import RunObserver
+from headwater.runner.router import EventRouter
 from headwater.runner.settings import Settings, Topics
 
+STAGES = ("memory", "match", "runs")
 
-async def run(prefix: str) -> None:
+
+async def run(prefix: str, stage: str) -> None:
     base = Settings.from_env()
-    settings = Settings(kafka=base.kafka, topics=Topics(prefix=prefix))
+    settings = Settings(kafka=base.kafka, topics=Topics(prefix=prefix), instance=base.instance)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await serve(settings, hundred_pipelines(), [], RunObserver(), stopping)
+    if stage == "match":
+        await EventRouter(settings, hundred_pipelines()).run(stopping)
+    else:
+        pipelines = hundred_pipelines() if stage == "memory" else [noop_pipeline()]
+        await serve(settings, pipelines, [], RunObserver(), stopping)
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in STAGES):
         print(__doc__, file=sys.stderr)
         return 2
-    asyncio.run(run(sys.argv[1]))
+    asyncio.run(run(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else "memory"))
     return 0
 
 

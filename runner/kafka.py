@@ -17,7 +17,7 @@ from typing import Any
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 from headwater.runner.errors import KafkaUnavailable
@@ -151,6 +151,18 @@ async def all_acknowledged(futures: Iterable[asyncio.Future[Any]], within: float
             repr(f.exception()) if f.done() and not f.cancelled() else "timed out" for f in missing
         }
         raise KafkaUnavailable(f"{len(missing)} write(s) not acknowledged: {', '.join(reasons)}")
+
+
+async def commit(consumer: Any, offsets: dict[Any, int]) -> bool:
+    """Commit ``offsets``; False if the group rebalanced meanwhile. That is normal (a
+    process joined or left): the partitions' new owner reads those records again, and the
+    run table deduplicates what they cause."""
+    try:
+        await consumer.commit(offsets)
+    except CommitFailedError:
+        log.info("offsets not committed: the consumer group rebalanced; the records are read again")
+        return False
+    return True
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

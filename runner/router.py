@@ -82,7 +82,7 @@ class EventRouter:
             for topic, value, key, headers in writes:
                 await writer.add(topic, value, key=key, headers=headers)
             await kafka.all_acknowledged(await writer.flush(), self._settings.kafka.write_timeout)
-            await consumer.commit(offsets)
+            await kafka.commit(consumer, offsets)
             return
         writer = writers[1]
         async with txn.transaction():  # a batching window must count each event once

@@ -66,7 +66,7 @@ class Worker:
                     await writer.add(topic, value, key=key)
                 writes = await writer.flush()
                 await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
-                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                await kafka.commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await consumer.stop()
 

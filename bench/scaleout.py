@@ -1,0 +1,185 @@
+"""Scale-out: the router, and the whole runner, on one and on two processes of this host.
+
+headwater scales by processes: every process with its own ``HEADWATER_INSTANCE`` joins the
+same consumer groups and takes a share of the partitions. These rows run N processes
+(``bench.runner_process``) on a backlog and time only the part where all of them work. The
+clock starts once every consumer group the stage uses is stable with N members (joining,
+and the rebalance each join causes, take seconds and are not the rate), and stops when the
+stage is done:
+
+- match: the router group has committed the end of the events topic;
+- runs: a ``read_committed`` subscriber of the completions topic has seen every run end.
+
+The figure is the work done between those two moments over the time between them. The
+topics have 4 partitions, so two processes get two each. One process is measured the same
+way in the same run, so the ratio says how the stage scales on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.kafkatools import ensure_log_topics, fill_events
+from bench.processes import relay, stop
+from headwater.runner import kafka
+from headwater.runner.settings import Settings
+
+PARTITIONS = 4
+STOP_WITHIN = 20.0
+GROUPS = {"match": ("router",), "runs": ("router", "control", "workers.default")}
+
+
+async def scale_out(
+    settings: Settings, stage: str, processes: int, count: int, within: float
+) -> dict[str, Any]:
+    """Events (match) or runs (runs) per second done by ``processes`` runner processes on
+    a backlog of ``count`` events, while every one of them holds partitions."""
+    settings = dataclasses.replace(
+        settings, kafka=dataclasses.replace(settings.kafka, partitions=PARTITIONS)
+    )
+    await ensure_log_topics(settings, {"default"})
+    await fill_events(settings, count)
+    progress = _Committed(settings) if stage == "match" else _Completed(settings)
+    with contextlib.ExitStack() as files:
+        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.runner_process",
+                settings.topics.prefix,
+                stage,
+                env={
+                    **os.environ,
+                    "HEADWATER_INSTANCE": f"bench-{i}",
+                    "HEADWATER_KAFKA_PARTITIONS": str(PARTITIONS),
+                },
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for i, output in enumerate(outputs)
+        ]
+        deadline = time.monotonic() + within
+        try:
+            async with progress:
+                groups = [settings.topics.group(role) for role in GROUPS[stage]]
+                while not await _stable(settings, groups, processes):
+                    _check(children, deadline)
+                    await asyncio.sleep(0.1)
+                started, done_before = time.monotonic(), await progress.done()
+                while (done := await progress.done()) < count:
+                    _check(children, deadline)
+                    await asyncio.sleep(0.1)
+                elapsed = time.monotonic() - started
+        finally:
+            for i, (child, output) in enumerate(zip(children, outputs, strict=True)):
+                await stop(child, STOP_WITHIN)
+                output.seek(0)
+                relay(f"runner process {i} ({stage})", output.read())
+    timed = done - done_before
+    figures: dict[str, Any] = {"processes": processes, "count": count, "timed": timed}
+    # None when the backlog was gone before every process held partitions (tiny volumes)
+    figures["per_s"] = timed / elapsed if timed and elapsed else None
+    if isinstance(progress, _Completed):
+        figures["completions_published"] = progress.published
+    return figures
+
+
+def _check(children: list[asyncio.subprocess.Process], deadline: float) -> None:
+    for child in children:
+        if child.returncode is not None:
+            raise RuntimeError(f"a runner process exited with status {child.returncode}")
+    if time.monotonic() > deadline:
+        raise TimeoutError("the scale-out row did not finish in time")
+
+
+async def _stable(settings: Settings, groups: list[str], members: int) -> bool:
+    """Whether each consumer group is stable with exactly ``members`` members."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        for name in groups:  # one at a time: aiokafka misreads a reply about several
+            for response in await admin.describe_consumer_groups([name]):
+                for group in response.groups:  # (error, id, state, type, protocol, members, ..)
+                    if group[2] != "Stable" or len(group[5]) != members:
+                        return False
+        return True
+    finally:
+        await admin.close()
+
+
+class _Committed:
+    """How many events of the events topic the router group has committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        topics = settings.topics
+        self._consumer = AIOKafkaConsumer(
+            **settings.kafka.client_options(),
+            group_id=topics.group("router"),
+            enable_auto_commit=False,
+        )
+        self._partitions = [TopicPartition(topics.events, p) for p in range(PARTITIONS)]
+
+    async def __aenter__(self) -> _Committed:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def done(self) -> int:
+        return sum([await self._consumer.committed(tp) or 0 for tp in self._partitions])
+
+
+class _Completed:
+    """How many runs a ``read_committed`` subscriber of the completions topic has seen
+    end (read in the background)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._runs: set[str] = set()
+        self.published = 0  # completion events, duplicates included (there must be none)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Completed:
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def done(self) -> int:
+        if self._task is not None and self._task.done():
+            self._task.result()  # raises what stopped it
+        return len(self._runs)
+
+    async def _read(self) -> None:
+        topic = self._settings.topics.completions
+        consumer = kafka.consumer(self._settings, group=None)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+                for records in batch.values():
+                    for record in records:
+                        self.published += 1
+                        self._runs.add(orjson.loads(record.value)["run_id"])
+        finally:
+            await consumer.stop()
