@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -90,4 +90,31 @@ async def wait_caught_up(settings: Settings, role: str, topic: str, within: floa
             await asyncio.sleep(0.2)
     finally:
         await probe.stop()
+        await admin.close()
+
+
+async def wait_for_members(
+    settings: Settings, roles: Iterable[str], members: int, within: float = 60.0
+) -> None:
+    """Poll until each consumer group ``role`` is stable with ``members`` members: every
+    process has joined and the rebalances the joins caused are over."""
+    groups = [settings.topics.group(role) for role in roles]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            states = {}
+            for group in groups:  # one at a time: aiokafka misreads a reply about several
+                for response in await admin.describe_consumer_groups([group]):
+                    for (
+                        described
+                    ) in response.groups:  # (error, id, state, type, protocol, members…)
+                        states[group] = (described[2], len(described[5]))
+            if all(states.get(g) == ("Stable", members) for g in groups):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"consumer groups not stable with {members} members: {states}")
+            await asyncio.sleep(0.2)
+    finally:
         await admin.close()

@@ -1,0 +1,104 @@
+"""Two runner processes on one log, against the real Kafka: they share the work, and every
+event still triggers exactly one run when one of them is SIGKILLed while runs are under
+way (its partitions move to the other after the session timeout; the transaction it left
+open is aborted by the broker)."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from headwater.runner import kafka
+from headwater.runner.envelope import CloudEvent, to_kafka
+from headwater.runner.settings import Settings
+from tests.kafkatools import read_all, read_topic, wait_for_members
+from tests.processes import HeadwaterProcess
+
+pytestmark = pytest.mark.integration
+
+PIPELINE = """\
+name: shared
+triggers:
+  - type: test.job
+tasks:
+  work: {python: "shared_tasks:work"}
+"""
+TASKS = """\
+import asyncio, os
+
+async def work(ctx):
+    await asyncio.sleep(0.5)  # two workers of 32 slots: ~5 s for the 600 runs
+    return {"instance": os.environ["HEADWATER_INSTANCE"]}
+"""
+EVENTS = 600
+GROUPS = ("router", "control", "workers.default")
+
+
+@pytest.fixture
+def runners(settings: Settings, tmp_path: Path) -> Iterator[dict[str, HeadwaterProcess]]:
+    (tmp_path / "shared.yaml").write_text(PIPELINE)
+    (tmp_path / "shared_tasks.py").write_text(TASKS)
+    processes = {
+        name: HeadwaterProcess(
+            ["dev", str(tmp_path)],
+            settings,
+            tmp_path / f"{name}.log",
+            env={"HEADWATER_INSTANCE": name},
+        ).start()
+        for name in ("one", "two")
+    }
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            process.stop()
+
+
+async def publish(settings: Settings, ids: range) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for i in ids:
+            event = CloudEvent(id=str(i), source="/test", type="test.job", data={})
+            headers, value = to_kafka(event)
+            await producer.send(settings.topics.events, value, headers=headers, key=str(i).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def completions(records: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(record.value) for record in records]
+
+
+async def test_two_processes_share_the_runs_and_a_sigkill_of_one_loses_or_doubles_none(
+    settings: Settings, runners: dict[str, HeadwaterProcess]
+) -> None:
+    for process in runners.values():
+        await process.output_shows("headwater dev:")
+    await wait_for_members(settings, GROUPS, 2)
+    await publish(settings, range(EVENTS))
+    topic = settings.topics.completions
+    seen = await read_topic(settings, topic, lambda records: len(records) >= 100)
+    runners["two"].kill()
+    assert len(seen) < EVENTS / 2, "the runs were no longer under way at the kill"
+
+    await read_topic(
+        settings,
+        topic,
+        lambda records: len({c["trigger"]["id"] for c in completions(records)}) >= EVENTS,
+        within=90,
+    )
+    done = completions(await read_all(settings, topic))
+    per_event = collections.Counter(c["trigger"]["id"] for c in done)
+    assert sorted(per_event, key=int) == [str(i) for i in range(EVENTS)]
+    assert [i for i, n in per_event.items() if n != 1] == []  # exactly one run per event
+    assert all(c["status"] == "succeeded" for c in done)
+    # both did work: the killed process finished some runs before it died
+    instances = {c["tasks"]["work"]["output"]["instance"] for c in done}
+    assert instances == {"one", "two"}
