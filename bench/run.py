@@ -201,7 +201,13 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
                 unit,
                 "baseline 1-process",
                 two / one if one and two else None,
-                note=f"1 process: {_per_s(one)}, measured the same way (steady, 4 partitions)"
+                note=f"1 process: {_per_s(one)}, measured the same way (steady, 4 partitions); "
+                + ", ".join(
+                    f"{f['processes']} process(es) used {f['runner_cores']:.2f} cores, "
+                    f"machine {f['machine_busy']:.0%} busy"
+                    for f in figures
+                    if "runner_cores" in f
+                )
                 + ("" if two else "; no steady part: the backlog was done first"),
                 details={"one_process": figures[0], "two_processes": figures[1]},
             )

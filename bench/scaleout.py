@@ -10,9 +10,11 @@ stage is done:
 - match: the router group has committed the end of the events topic;
 - runs: a ``read_committed`` subscriber of the completions topic has seen every run end.
 
-The figure is the work done between those two moments over the time between them. The
-topics have 4 partitions, so two processes get two each. One process is measured the same
-way in the same run, so the ratio says how the stage scales on this machine.
+The figure is the work done between those two moments over the time between them; over
+the same span, the CPU time of the runner processes and of the whole machine (``/proc``)
+say whether the machine was the limit. The topics have 4 partitions, so two processes get
+two each. One process is measured the same way in the same run, so the ratio says how the
+stage scales on this machine.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -78,22 +81,56 @@ async def scale_out(
                     _check(children, deadline)
                     await asyncio.sleep(0.1)
                 started, done_before = time.monotonic(), await progress.done()
+                cpu_before = _CpuTimes.now(children)
                 while (done := await progress.done()) < count:
                     _check(children, deadline)
                     await asyncio.sleep(0.1)
                 elapsed = time.monotonic() - started
+                cpu = _CpuTimes.now(children).since(cpu_before, elapsed)
         finally:
             for i, (child, output) in enumerate(zip(children, outputs, strict=True)):
                 await stop(child, STOP_WITHIN)
                 output.seek(0)
                 relay(f"runner process {i} ({stage})", output.read())
     timed = done - done_before
-    figures: dict[str, Any] = {"processes": processes, "count": count, "timed": timed}
+    figures: dict[str, Any] = {"processes": processes, "count": count, "timed": timed, **cpu}
     # None when the backlog was gone before every process held partitions (tiny volumes)
     figures["per_s"] = timed / elapsed if timed and elapsed else None
     if isinstance(progress, _Completed):
         figures["completions_published"] = progress.published
     return figures
+
+
+@dataclasses.dataclass(frozen=True)
+class _CpuTimes:
+    """CPU time (s) used so far by the runner processes, and by the whole machine (busy
+    and all, over every core), from ``/proc``."""
+
+    processes: float
+    machine_busy: float
+    machine_all: float
+
+    @classmethod
+    def now(cls, children: list[asyncio.subprocess.Process]) -> _CpuTimes:
+        tick = os.sysconf("SC_CLK_TCK")
+        used = 0
+        for child in children:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used += int(fields[11]) + int(fields[12])  # utime, stime
+        cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = cpu[3] + cpu[4]  # idle, iowait
+        return cls(used / tick, (sum(cpu) - idle) / tick, sum(cpu) / tick)
+
+    def since(self, before: _CpuTimes, elapsed: float) -> dict[str, float]:
+        """Cores the runner processes kept busy, and how busy the machine was (0..1);
+        nothing when too little time passed to tell (tiny volumes)."""
+        if self.machine_all - before.machine_all < 1:
+            return {}
+        return {
+            "runner_cores": (self.processes - before.processes) / elapsed,
+            "machine_busy": (self.machine_busy - before.machine_busy)
+            / (self.machine_all - before.machine_all),
+        }
 
 
 def _check(children: list[asyncio.subprocess.Process], deadline: float) -> None:
