@@ -20,9 +20,9 @@ from headwater.runner.settings import Settings
 WINDOW = Batching(max_events=1000, max_wait=1.0)
 
 
-def batched_pipeline() -> Pipeline:
+def batched_pipeline(target: str = "bench.tasks:noop") -> Pipeline:
     trigger = Trigger("bench.reading", batch=WINDOW)
-    return Pipeline("batched", (trigger,), (Task("t", "python", "bench.tasks:noop"),))
+    return Pipeline("batched", (trigger,), (Task("t", "python", target),))
 
 
 class _Events(RunObserver):

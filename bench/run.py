@@ -11,8 +11,8 @@ run a moment before, so the ratio means something on a shared, noisy machine:
 - latency (``bench.latency``) at fixed offered loads: to task start and to the completion
   event being visible, p50/p99/max;
 - memory (``bench.memory``): peak RSS of a runner process working through a backlog;
-- scale-out (``bench.scaleout``): match and runs on two runner processes against one,
-  measured the same way in the same run.
+- scale-out (``bench.scaleout``): match, runs and batched runs on two runner processes
+  against one, measured the same way in the same run.
 
 The table is printed and written to ``bench/results/latest.json``, every figure in full.
 ``--smoke`` runs tiny volumes (seconds) so the benchmark cannot rot; it checks that each
@@ -187,6 +187,7 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
     for stage, count, unit in (
         ("match", v.scale_events, "events/s"),
         ("runs", v.scale_runs, "runs/s"),
+        ("batched", v.scale_events, "events/s"),
     ):
         figures = []
         for processes in (1, 2):

@@ -4,7 +4,9 @@ STAGE says what it runs on the topics under PREFIX, until SIGTERM or SIGINT:
 
 - ``memory`` (the default): the whole runner on the 100 mixed pipelines (the memory row);
 - ``match``: the event router alone on the 100 mixed pipelines (the scale-out rows);
-- ``runs``: the whole runner on the one-task no-op pipeline (the scale-out rows).
+- ``runs``: the whole runner on the one-task no-op pipeline (the scale-out rows);
+- ``batched``: the whole runner on the batching pipeline of the batched-runs row, its task
+  returning how many events its run carried (the scale-out rows).
 
 It prints nothing per event, so the memory it holds is the runner's own. Its instance
 name and partition count come from the environment (``HEADWATER_INSTANCE``,
@@ -17,13 +19,14 @@ import asyncio
 import signal
 import sys
 
+from bench.batched import batched_pipeline
 from bench.stages import hundred_pipelines, noop_pipeline
 from headwater.runner.engine import serve
 from headwater.runner.hooks import RunObserver
 from headwater.runner.router import EventRouter
 from headwater.runner.settings import Settings, Topics
 
-STAGES = ("memory", "match", "runs")
+STAGES = ("memory", "match", "runs", "batched")
 
 
 async def run(prefix: str, stage: str) -> None:
@@ -36,7 +39,11 @@ async def run(prefix: str, stage: str) -> None:
     if stage == "match":
         await EventRouter(settings, hundred_pipelines()).run(stopping)
     else:
-        pipelines = hundred_pipelines() if stage == "memory" else [noop_pipeline()]
+        pipelines = {
+            "memory": hundred_pipelines,
+            "runs": lambda: [noop_pipeline()],
+            "batched": lambda: [batched_pipeline("bench.tasks:count_events")],
+        }[stage]()
         await serve(settings, pipelines, [], RunObserver(), stopping)
 
 

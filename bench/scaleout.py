@@ -8,7 +8,9 @@ and the rebalance each join causes, take seconds and are not the rate), and stop
 stage is done:
 
 - match: the router group has committed the end of the events topic;
-- runs: a ``read_committed`` subscriber of the completions topic has seen every run end.
+- runs: a ``read_committed`` subscriber of the completions topic has seen every run end;
+- batched: that subscriber has seen runs end that carried every event (``max_events:
+  1000, max_wait: 1s``, as in the batched-runs row).
 
 The figure is the work done between those two moments over the time between them; over
 the same span, the CPU time of the runner processes and of the whole machine (``/proc``)
@@ -40,20 +42,24 @@ from headwater.runner.settings import Settings
 
 PARTITIONS = 4
 STOP_WITHIN = 20.0
-GROUPS = {"match": ("router",), "runs": ("router", "control", "workers.default")}
+GROUPS = {
+    "match": ("router",),
+    "runs": ("router", "control", "workers.default"),
+    "batched": ("router", "control", "workers.default"),
+}
 
 
 async def scale_out(
     settings: Settings, stage: str, processes: int, count: int, within: float
 ) -> dict[str, Any]:
-    """Events (match) or runs (runs) per second done by ``processes`` runner processes on
-    a backlog of ``count`` events, while every one of them holds partitions."""
+    """Events (match, batched) or runs (runs) per second done by ``processes`` runner
+    processes on a backlog of ``count`` events, while every one of them holds partitions."""
     settings = dataclasses.replace(
         settings, kafka=dataclasses.replace(settings.kafka, partitions=PARTITIONS)
     )
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
-    progress = _Committed(settings) if stage == "match" else _Completed(settings)
+    progress = _Committed(settings) if stage == "match" else _Completed(settings, stage)
     with contextlib.ExitStack() as files:
         outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
         children = [
@@ -180,12 +186,13 @@ class _Committed:
 
 
 class _Completed:
-    """How many runs a ``read_committed`` subscriber of the completions topic has seen
-    end (read in the background)."""
+    """How many runs (``runs``) or events in runs (``batched``) a ``read_committed``
+    subscriber of the completions topic has seen end (read in the background)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stage: str) -> None:
         self._settings = settings
-        self._runs: set[str] = set()
+        self._batched = stage == "batched"
+        self._runs: dict[str, int] = {}  # run id -> what it counts for
         self.published = 0  # completion events, duplicates included (there must be none)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -202,7 +209,7 @@ class _Completed:
     async def done(self) -> int:
         if self._task is not None and self._task.done():
             self._task.result()  # raises what stopped it
-        return len(self._runs)
+        return sum(self._runs.values())
 
     async def _read(self) -> None:
         topic = self._settings.topics.completions
@@ -217,6 +224,8 @@ class _Completed:
                 for records in batch.values():
                     for record in records:
                         self.published += 1
-                        self._runs.add(orjson.loads(record.value)["run_id"])
+                        run = orjson.loads(record.value)
+                        worth = run["tasks"]["t"]["output"]["events"] if self._batched else 1
+                        self._runs[run["run_id"]] = worth
         finally:
             await consumer.stop()

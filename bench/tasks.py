@@ -1,7 +1,8 @@
-"""The benchmark pipelines' tasks: nothing, as fast as possible.
+"""The benchmark pipelines' tasks: next to nothing, as fast as possible.
 
-``noop_stamped`` also notes when it started (wall clock), by trigger event id, for the
-latency rows; it is a separate task so that the other rows keep no per-run state.
+``count_events`` returns how many events its run carried. ``noop_stamped`` notes when it
+started (wall clock), by trigger event id, for the latency rows; it is a separate task so
+that the other rows keep no per-run state.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ started_at: dict[str, float] = {}
 
 async def noop(ctx: Any) -> None:
     return None
+
+
+async def count_events(ctx: Any) -> dict[str, int]:
+    """How many events the run carried (the scale-out row of batched runs counts them)."""
+    return {"events": len(ctx.events)}
 
 
 async def noop_stamped(ctx: Any) -> None:
