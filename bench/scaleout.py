@@ -12,6 +12,10 @@ stage is done:
 - batched: that subscriber has seen runs end that carried every event (``max_events:
   1000, max_wait: 1s``, as in the batched-runs row).
 
+One row by hand, e.g. three routers on six partitions::
+
+    PYTHONPATH=. .venv/bin/python -m bench.scaleout match 3 600000 --partitions 6
+
 The figure is the work done between those two moments over the time between them; over
 the same span, the CPU time of the runner processes and of the whole machine (``/proc``)
 say whether the machine was the limit. The topics have 4 partitions, so two processes get
@@ -21,6 +25,7 @@ stage scales on this machine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -28,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +56,17 @@ GROUPS = {
 
 
 async def scale_out(
-    settings: Settings, stage: str, processes: int, count: int, within: float
+    settings: Settings,
+    stage: str,
+    processes: int,
+    count: int,
+    within: float,
+    partitions: int = PARTITIONS,
 ) -> dict[str, Any]:
     """Events (match, batched) or runs (runs) per second done by ``processes`` runner
     processes on a backlog of ``count`` events, while every one of them holds partitions."""
     settings = dataclasses.replace(
-        settings, kafka=dataclasses.replace(settings.kafka, partitions=PARTITIONS)
+        settings, kafka=dataclasses.replace(settings.kafka, partitions=partitions)
     )
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
@@ -72,7 +83,7 @@ async def scale_out(
                 env={
                     **os.environ,
                     "HEADWATER_INSTANCE": f"bench-{i}",
-                    "HEADWATER_KAFKA_PARTITIONS": str(PARTITIONS),
+                    "HEADWATER_KAFKA_PARTITIONS": str(partitions),
                 },
                 stdout=output,
                 stderr=asyncio.subprocess.STDOUT,
@@ -172,7 +183,9 @@ class _Committed:
             group_id=topics.group("router"),
             enable_auto_commit=False,
         )
-        self._partitions = [TopicPartition(topics.events, p) for p in range(PARTITIONS)]
+        self._partitions = [
+            TopicPartition(topics.events, p) for p in range(settings.kafka.partitions)
+        ]
 
     async def __aenter__(self) -> _Committed:
         await self._consumer.start()
@@ -216,7 +229,7 @@ class _Completed:
         consumer = kafka.consumer(self._settings, group=None)
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            partitions = [TopicPartition(topic, p) for p in range(self._settings.kafka.partitions)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             while not self._stopping.is_set():
@@ -229,3 +242,26 @@ class _Completed:
                         self._runs[run["run_id"]] = worth
         finally:
             await consumer.stop()
+
+
+async def _main(stage: str, processes: int, count: int, partitions: int) -> None:
+    from bench.kafkatools import delete_topics
+    from headwater.runner.settings import Topics
+
+    prefix = f"scale{uuid.uuid4().hex[:8]}."
+    settings = dataclasses.replace(Settings.from_env(), topics=Topics(prefix=prefix))
+    try:
+        figures = await scale_out(settings, stage, processes, count, 600, partitions)
+    finally:
+        await delete_topics(settings, prefix)
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("stage", choices=sorted(GROUPS))
+    parser.add_argument("processes", type=int)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--partitions", type=int, default=PARTITIONS)
+    args = parser.parse_args()
+    asyncio.run(_main(args.stage, args.processes, args.count, args.partitions))
