@@ -12,6 +12,9 @@ effects. What must always hold:
   control messages is applied; on any error the processor is restarted from scratch, so
   memory never runs ahead of what was committed;
 - observers and retry timers act only after the commit;
+- a finished run is kept as a small marker (enough to refuse a duplicate trigger) for
+  ``dedup_retention``; a sweep per partition (``MarkersDue``, at most every minute)
+  deletes older markers from memory and, with tombstones, from the changelog;
 - the transactional id is stable per instance (``HEADWATER_INSTANCE``), so a restarted
   process fences its dead predecessor and aborts the transaction it left open at once,
   instead of readers waiting at that transaction until it times out.
@@ -43,11 +46,13 @@ from headwater.runner.settings import Settings
 from headwater.runner.state import (
     Dispatch,
     Finish,
+    MarkersDue,
     RetryDue,
     Run,
     RunRequested,
     ScheduleRetry,
     TaskFinished,
+    expired_markers,
     step,
 )
 
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 
 
 WINDOW_PREFIX = "window:"  # changelog keys of batching windows; run ids are UUIDs
+SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short retentions)
+Due = RetryDue | WindowDue | MarkersDue
 
 
 @dataclass
@@ -63,6 +70,8 @@ class _Table:
 
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
+    #: expired markers found in the changelog at restore (not loaded): to tombstone
+    expired: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -71,9 +80,11 @@ class _BatchOutcome:
 
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window | None] = field(default_factory=dict)
+    expired: list[str] = field(default_factory=list)
     notes: list[Callable[[], None]] = field(default_factory=list)
-    timers: list[tuple[int, RetryDue | WindowDue, float]] = field(default_factory=list)
+    timers: list[tuple[int, Due, float]] = field(default_factory=list)
     finished: list[tuple[int, Run]] = field(default_factory=list)
+    dropped: list[tuple[int, str]] = field(default_factory=list)
 
 
 class ControlProcessor:
@@ -96,6 +107,7 @@ class ControlProcessor:
         self._rand = rand
         self._tables: dict[int, _Table] = {}
         self._timers: dict[int, set[asyncio.TimerHandle]] = {}
+        self._sweeps: dict[int, asyncio.TimerHandle] = {}
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -141,7 +153,7 @@ class ControlProcessor:
             writer = kafka.BatchWriter(txn)
             async with txn.transaction():
                 for tp, records in batch.items():
-                    outcome.runs, outcome.windows = {}, {}
+                    outcome.runs, outcome.windows, outcome.expired = {}, {}, []
                     table = self._tables[tp.partition]
                     for record in records:
                         await self._apply(record, table, outcome, writer)
@@ -167,6 +179,11 @@ class ControlProcessor:
             await writer.add(
                 runs_topic, value, key=(WINDOW_PREFIX + key).encode(), partition=partition
             )
+        for run_id in outcome.expired:
+            if run_id in outcome.runs:  # triggered again after its marker expired: a new run
+                continue
+            await writer.add(runs_topic, None, key=run_id.encode(), partition=partition)
+            outcome.dropped.append((partition, run_id))
 
     async def _apply(
         self, record: Any, table: _Table, outcome: _BatchOutcome, writer: kafka.BatchWriter
@@ -176,6 +193,9 @@ class ControlProcessor:
             message = decode_control(record.value)
         except BadMessage as exc:
             await writer.add(self._topics.dlq, dlq_record(str(exc), origin, record.value))
+            return
+        if isinstance(message, MarkersDue):
+            self._sweep(record.partition, table, outcome)
             return
         if isinstance(message, EventsBatched | WindowDue):
             problem = await self._apply_window(message, record.partition, table, outcome, writer)
@@ -277,10 +297,25 @@ class ControlProcessor:
                     outcome.notes.append(lambda: self._observer.run_finished(new))
         return None
 
+    def _sweep(self, partition: int, table: _Table, outcome: _BatchOutcome) -> None:
+        """Mark the partition's expired markers for deletion, and arm the next sweep."""
+        now = self._clock()
+        outcome.expired.extend(expired_markers(table.runs, now, self._settings.dedup_retention))
+        # expired at restore, unless the trigger came again and its new run is here now
+        outcome.expired.extend(run_id for run_id in table.expired if run_id not in table.runs)
+        outcome.timers.append((partition, MarkersDue(partition), now + self._sweep_every()))
+
+    def _sweep_every(self) -> float:
+        return min(SWEEP_EVERY, self._settings.dedup_retention / 4)
+
     def _after_commit(self, outcome: _BatchOutcome) -> None:
         for partition, run in outcome.finished:
             # A finished run is kept only as a marker: enough to refuse a duplicate trigger.
             self._tables[partition].runs[run.run_id] = _marker(run)
+        for partition, run_id in outcome.dropped:
+            table = self._tables[partition]
+            table.runs.pop(run_id, None)
+            table.expired.discard(run_id)
         for partition, due, at in outcome.timers:
             self._arm(partition, due, at)
         for note in outcome.notes:
@@ -288,23 +323,31 @@ class ControlProcessor:
 
     # --- timers: retries and batching windows --------------------------------------------
 
-    def _arm(self, partition: int, due: RetryDue | WindowDue, at: float) -> None:
+    def _arm(self, partition: int, due: Due, at: float) -> None:
         delay = max(0.0, at - self._clock())
         handles = self._timers.setdefault(partition, set())
         handle = asyncio.get_running_loop().call_later(delay, self._fire, partition, due)
         handles.add(handle)
+        if isinstance(due, MarkersDue):  # one sweep timer per partition, also after a replay
+            previous = self._sweeps.get(partition)
+            if previous is not None:
+                previous.cancel()
+                handles.discard(previous)
+            self._sweeps[partition] = handle
 
-    def _fire(self, partition: int, due: RetryDue | WindowDue) -> None:
+    def _fire(self, partition: int, due: Due) -> None:
         task = asyncio.ensure_future(self._send_due(partition, due))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _send_due(self, partition: int, due: RetryDue | WindowDue) -> None:
-        key = due.window if isinstance(due, WindowDue) else due.run_id
+    async def _send_due(self, partition: int, due: Due) -> None:
+        value = encode_control(due)
         try:
-            await self._producer.send_and_wait(
-                self._topics.control, encode_control(due), key=key.encode()
-            )
+            if isinstance(due, MarkersDue):  # for the partition itself, not for a key
+                await self._producer.send_and_wait(self._topics.control, value, partition=partition)
+            else:
+                key = due.window if isinstance(due, WindowDue) else due.run_id
+                await self._producer.send_and_wait(self._topics.control, value, key=key.encode())
         except Exception:  # noqa: BLE001 - Kafka unavailable: try again shortly
             log.warning("could not publish %s; trying again", due)
             if partition in self._timers:
@@ -314,7 +357,8 @@ class ControlProcessor:
 
     async def restore(self, partition: int) -> None:
         """Load a partition's runs and windows from the changelog and re-arm its timers."""
-        table = await _read_changelog(self._settings, self._topics.runs, partition)
+        expire_before = self._clock() - self._settings.dedup_retention
+        table = await _read_changelog(self._settings, self._topics.runs, partition, expire_before)
         async with self._lock:
             self._tables[partition] = table
             for handle in self._timers.pop(partition, set()):
@@ -332,6 +376,7 @@ class ControlProcessor:
                     self._arm(
                         partition, WindowDue(window.window, window.opened_at), window.deadline(spec)
                     )
+            self._arm(partition, MarkersDue(partition), self._clock() + self._sweep_every())
         log.debug(
             "partition %d: restored %d run(s), %d window(s)",
             partition,
@@ -348,6 +393,7 @@ class ControlProcessor:
     async def forget(self, partition: int) -> None:
         async with self._lock:
             self._tables.pop(partition, None)
+            self._sweeps.pop(partition, None)
             for handle in self._timers.pop(partition, set()):
                 handle.cancel()
 
@@ -356,6 +402,7 @@ class ControlProcessor:
             for handle in handles:
                 handle.cancel()
         self._timers.clear()
+        self._sweeps.clear()
         self._tables.clear()
 
 
@@ -363,7 +410,11 @@ def _marker(run: Run) -> Run:
     return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})
 
 
-async def _read_changelog(settings: Settings, topic: str, partition: int) -> _Table:
+async def _read_changelog(
+    settings: Settings, topic: str, partition: int, expire_before: float
+) -> _Table:
+    """A partition's table from its changelog; markers of runs finished before
+    ``expire_before`` are not loaded, only noted for the next sweep to tombstone."""
     tp = TopicPartition(topic, partition)
     reader = kafka.consumer(settings, group=None)
     await reader.start()
@@ -384,9 +435,17 @@ async def _read_changelog(settings: Settings, topic: str, partition: int) -> _Ta
                         table.windows[key] = Window.from_json(orjson.loads(record.value))
                 elif record.value is None:
                     table.runs.pop(key, None)
+                    table.expired.discard(key)
                 else:
                     run = Run.from_json(orjson.loads(record.value))
-                    table.runs[run.run_id] = _marker(run) if run.status != "running" else run
+                    if run.status == "running":
+                        table.runs[run.run_id] = run
+                    elif run.finished_at is not None and run.finished_at < expire_before:
+                        table.runs.pop(run.run_id, None)
+                        table.expired.add(run.run_id)
+                    else:
+                        table.runs[run.run_id] = _marker(run)
+                        table.expired.discard(run.run_id)
         return table
     finally:
         await reader.stop()

@@ -16,15 +16,16 @@ import orjson
 from headwater.runner.batching import EventsBatched, WindowDue
 from headwater.runner.envelope import now_iso
 from headwater.runner.errors import BadMessage
-from headwater.runner.state import ControlMessage, RetryDue, RunRequested, TaskFinished
+from headwater.runner.state import ControlMessage, MarkersDue, RetryDue, RunRequested, TaskFinished
 
-Control = ControlMessage | EventsBatched | WindowDue
+Control = ControlMessage | EventsBatched | WindowDue | MarkersDue
 _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
     "retry.due": RetryDue,
     "events.batched": EventsBatched,
     "window.due": WindowDue,
+    "markers.due": MarkersDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-_DURATION = re.compile(r"^(.*?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^(.*?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists")
 Comparison = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists"]
 
@@ -108,7 +108,7 @@ class Pipeline:
 
 
 def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``90``, ``1.5``, ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``."""
+    """Seconds from ``90``, ``1.5``, ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``."""
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")

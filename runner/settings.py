@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.runner.errors import ConfigError
+from headwater.runner.pipeline import parse_duration
 from headwater.runner.secrets import resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEDUP_RETENTION = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,23 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     #: this process's stable name; runner processes sharing one host need distinct ones
     instance: str = field(default_factory=socket.gethostname)
+    #: how long a finished run's marker is kept: a trigger event seen again within it
+    #: starts nothing; after it, the marker is deleted (memory and changelog)
+    dedup_retention: float = DEDUP_RETENTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        retention = env.get("HEADWATER_DEDUP_RETENTION")
+        try:
+            dedup_retention = DEDUP_RETENTION if retention is None else parse_duration(retention)
+        except ValueError as exc:
+            raise ConfigError(f"HEADWATER_DEDUP_RETENTION: {exc}") from None
+        if dedup_retention <= 0:
+            raise ConfigError("HEADWATER_DEDUP_RETENTION: must be longer than 0")
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
             instance=env.get("HEADWATER_INSTANCE") or socket.gethostname(),
+            dedup_retention=dedup_retention,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -71,6 +72,26 @@ class RetryDue:
 
 
 ControlMessage = RunRequested | TaskFinished | RetryDue
+
+
+@dataclass(frozen=True, slots=True)
+class MarkersDue:
+    """Time to delete the expired markers of finished runs in one control partition (a
+    timer of the control processor; written to that partition, so it is applied in order
+    with the partition's other messages, in its transaction)."""
+
+    partition: int
+
+
+def expired_markers(runs: Mapping[str, Run], now: float, retention: float) -> list[str]:
+    """Ids of finished runs whose marker is older than ``retention`` seconds at ``now``:
+    a trigger event seen again after that starts a new run."""
+    oldest = now - retention
+    return [
+        run_id
+        for run_id, run in runs.items()
+        if run.status != "running" and run.finished_at is not None and run.finished_at < oldest
+    ]
 
 
 # --- effects (what the shell must do) ---------------------------------------------------
