@@ -10,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from headwater.runner import kafka
+from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.settings import Settings
 
 
@@ -118,3 +120,26 @@ async def wait_for_members(
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+async def publish(
+    settings: Settings,
+    kind: str,
+    ids: Iterable[int | str],
+    *,
+    subject: str | None = None,
+    key: bytes | None = None,
+) -> None:
+    """Write test CloudEvents (source ``/test``, empty data) of type ``kind`` to the events
+    topic, one per id, keyed by ``key`` (one partition) or else by each event's id."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for i in ids:
+            event = CloudEvent(id=str(i), source="/test", type=kind, subject=subject, data={})
+            headers, value = to_kafka(event)
+            record_key = key if key is not None else event.id.encode()
+            await producer.send(settings.topics.events, value, headers=headers, key=record_key)
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -12,10 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from headwater.runner import kafka
-from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.settings import Settings
-from tests.kafkatools import read_topic
+from tests.kafkatools import publish, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
@@ -69,19 +67,6 @@ def runner(settings: Settings, folder: Path) -> Iterator[HeadwaterProcess]:
         process.stop()
 
 
-async def publish(settings: Settings, kind: str, ids: range, subject: str | None = None) -> None:
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        for i in ids:
-            event = CloudEvent(id=str(i), source="/test", type=kind, subject=subject, data={})
-            headers, value = to_kafka(event)
-            await producer.send(settings.topics.events, value, headers=headers, key=b"k")
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 async def runs_of(settings: Settings, pipeline: str, events: int) -> list[dict[str, Any]]:
     """The completions of ``pipeline`` once their runs hold ``events`` events in all (and
     a moment longer, so that an extra run would show)."""
@@ -106,7 +91,7 @@ def ids_of(completions: list[dict[str, Any]]) -> list[str]:
 async def test_a_batching_trigger_runs_once_per_window_with_every_event_once(
     settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    await publish(settings, "test.reading", range(230))
+    await publish(settings, "test.reading", range(230), key=b"k")
     completions = await runs_of(settings, "counted", 230)
     assert sorted(ids_of(completions), key=int) == [str(i) for i in range(230)]
     windows = sorted(len(c["tasks"]["collect"]["output"]["ids"]) for c in completions)
@@ -118,10 +103,10 @@ async def test_a_batching_trigger_runs_once_per_window_with_every_event_once(
 async def test_debounce_by_key_runs_once_per_quiet_key(
     settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    await publish(settings, "test.upload", range(3), subject="a")
-    await publish(settings, "test.upload", range(3, 5), subject="b")
+    await publish(settings, "test.upload", range(3), subject="a", key=b"k")
+    await publish(settings, "test.upload", range(3, 5), subject="b", key=b"k")
     await asyncio.sleep(0.3)
-    await publish(settings, "test.upload", range(5, 6), subject="a")  # a is not quiet yet
+    await publish(settings, "test.upload", range(5, 6), subject="a", key=b"k")  # a is not quiet yet
     completions = await runs_of(settings, "debounced", 6)
     by_key = {c["trigger"]["subject"]: sorted(ids_of([c])) for c in completions}
     assert by_key == {"a": ["0", "1", "2", "5"], "b": ["3", "4"]}
@@ -130,12 +115,12 @@ async def test_debounce_by_key_runs_once_per_quiet_key(
 async def test_an_open_window_survives_a_sigkill_of_the_runner(
     settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    await publish(settings, "test.held", range(150))
+    await publish(settings, "test.held", range(150), key=b"k")
     first = await runs_of(settings, "held", 100)  # one full window; 50 events wait in the next
     assert len(first) == 1
     runner.kill()
     runner.start()  # what it has not read yet waits in Kafka
-    await publish(settings, "test.held", range(150, 300))
+    await publish(settings, "test.held", range(150, 300), key=b"k")
     completions = await runs_of(settings, "held", 300)
     counted = collections.Counter(ids_of(completions))
     assert sorted(counted, key=int) == [str(i) for i in range(300)]

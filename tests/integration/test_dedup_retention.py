@@ -12,11 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from headwater.runner import kafka
-from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.settings import Settings
 from headwater.runner.state import run_id_for
-from tests.kafkatools import read_all, read_topic
+from tests.kafkatools import publish, read_all, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
@@ -48,17 +46,6 @@ def runner(settings: Settings, tmp_path: Path) -> Iterator[HeadwaterProcess]:
         process.stop()
 
 
-async def publish(settings: Settings, event_id: str) -> None:
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        event = CloudEvent(id=event_id, source="/test", type="test.once", data={})
-        headers, value = to_kafka(event)
-        await producer.send_and_wait(settings.topics.events, value, headers=headers, key=b"k")
-    finally:
-        await producer.stop()
-
-
 def runs_of(records: list[Any], event_id: str) -> int:
     return sum(orjson.loads(r.value)["trigger"]["id"] == event_id for r in records)
 
@@ -68,11 +55,11 @@ async def test_a_marker_refuses_a_duplicate_within_the_retention_and_is_deleted_
 ) -> None:
     await runner.output_shows("headwater dev:")
     completions = settings.topics.completions
-    await publish(settings, "x")
+    await publish(settings, "test.once", ["x"])
     await read_topic(settings, completions, lambda records: runs_of(records, "x") == 1)
     await asyncio.sleep(RETENTION / 2 + 0.5)  # two sweeps or more, still within the retention
-    await publish(settings, "x")  # refused
-    await publish(settings, "y")
+    await publish(settings, "test.once", ["x"])  # refused
+    await publish(settings, "test.once", ["y"])
     await read_topic(settings, completions, lambda records: runs_of(records, "y") == 1)
     await asyncio.sleep(1.0)
     assert runs_of(await read_all(settings, completions), "x") == 1
@@ -87,5 +74,5 @@ async def test_a_marker_refuses_a_duplicate_within_the_retention_and_is_deleted_
     )
     assert [r.value is None for r in tombstoned if r.key == key][-1]
     # ... and the event, seen again, starts a new run
-    await publish(settings, "x")
+    await publish(settings, "test.once", ["x"])
     await read_topic(settings, completions, lambda records: runs_of(records, "x") == 2)

@@ -13,10 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from headwater.runner import kafka
-from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.settings import Settings
-from tests.kafkatools import read_all, read_topic, wait_for_members
+from tests.kafkatools import publish, read_all, read_topic, wait_for_members
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
@@ -59,19 +57,6 @@ def runners(settings: Settings, tmp_path: Path) -> Iterator[dict[str, HeadwaterP
             process.stop()
 
 
-async def publish(settings: Settings, ids: range) -> None:
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        for i in ids:
-            event = CloudEvent(id=str(i), source="/test", type="test.job", data={})
-            headers, value = to_kafka(event)
-            await producer.send(settings.topics.events, value, headers=headers, key=str(i).encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 def completions(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(record.value) for record in records]
 
@@ -82,7 +67,7 @@ async def test_two_processes_share_the_runs_and_a_sigkill_of_one_loses_or_double
     for process in runners.values():
         await process.output_shows("headwater dev:")
     await wait_for_members(settings, GROUPS, 2)
-    await publish(settings, range(EVENTS))
+    await publish(settings, "test.job", range(EVENTS))
     topic = settings.topics.completions
 
     def both_worked(records: list[Any]) -> bool:
