@@ -198,6 +198,10 @@ class CommitWatch:
                 return False
         return True
 
+    async def processed(self) -> int:
+        """How many records of ``topic`` the group has committed."""
+        return sum([await self._consumer.committed(tp) or 0 for tp in self._partitions])
+
 
 async def until(
     check: Callable[[], Awaitable[bool]],

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.kafkatools import ensure_log_topics, fill_events
+from bench.kafkatools import CommitWatch, ensure_log_topics, fill_events
 from bench.processes import relay, stop
 from headwater.runner import kafka
 from headwater.runner.settings import Settings
@@ -70,7 +70,11 @@ async def scale_out(
     )
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
-    progress = _Committed(settings) if stage == "match" else _Completed(settings, stage)
+    progress: CommitWatch | _Completed = (
+        CommitWatch(settings, "router", settings.topics.events)
+        if stage == "match"
+        else _Completed(settings, stage)
+    )
     with contextlib.ExitStack() as files:
         outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
         children = [
@@ -97,9 +101,9 @@ async def scale_out(
                 while not await _stable(settings, groups, processes):
                     _check(children, deadline)
                     await asyncio.sleep(0.1)
-                started, done_before = time.monotonic(), await progress.done()
+                started, done_before = time.monotonic(), await progress.processed()
                 cpu_before = _CpuTimes.now(children)
-                while (done := await progress.done()) < count:
+                while (done := await progress.processed()) < count:
                     _check(children, deadline)
                     await asyncio.sleep(0.1)
                 elapsed = time.monotonic() - started
@@ -173,31 +177,6 @@ async def _stable(settings: Settings, groups: list[str], members: int) -> bool:
         await admin.close()
 
 
-class _Committed:
-    """How many events of the events topic the router group has committed."""
-
-    def __init__(self, settings: Settings) -> None:
-        topics = settings.topics
-        self._consumer = AIOKafkaConsumer(
-            **settings.kafka.client_options(),
-            group_id=topics.group("router"),
-            enable_auto_commit=False,
-        )
-        self._partitions = [
-            TopicPartition(topics.events, p) for p in range(settings.kafka.partitions)
-        ]
-
-    async def __aenter__(self) -> _Committed:
-        await self._consumer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
-
-    async def done(self) -> int:
-        return sum([await self._consumer.committed(tp) or 0 for tp in self._partitions])
-
-
 class _Completed:
     """How many runs (``runs``) or events in runs (``batched``) a ``read_committed``
     subscriber of the completions topic has seen end (read in the background)."""
@@ -219,7 +198,7 @@ class _Completed:
         if self._task is not None:
             await self._task
 
-    async def done(self) -> int:
+    async def processed(self) -> int:
         if self._task is not None and self._task.done():
             self._task.result()  # raises what stopped it
         return sum(self._runs.values())

@@ -70,8 +70,6 @@ class _Table:
 
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
-    #: expired markers found in the changelog at restore (not loaded): to tombstone
-    expired: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -80,7 +78,6 @@ class _BatchOutcome:
 
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window | None] = field(default_factory=dict)
-    expired: list[str] = field(default_factory=list)
     notes: list[Callable[[], None]] = field(default_factory=list)
     timers: list[tuple[int, Due, float]] = field(default_factory=list)
     finished: list[tuple[int, Run]] = field(default_factory=list)
@@ -153,7 +150,7 @@ class ControlProcessor:
             writer = kafka.BatchWriter(txn)
             async with txn.transaction():
                 for tp, records in batch.items():
-                    outcome.runs, outcome.windows, outcome.expired = {}, {}, []
+                    outcome.runs, outcome.windows = {}, {}
                     table = self._tables[tp.partition]
                     for record in records:
                         await self._apply(record, table, outcome, writer)
@@ -179,11 +176,6 @@ class ControlProcessor:
             await writer.add(
                 runs_topic, value, key=(WINDOW_PREFIX + key).encode(), partition=partition
             )
-        for run_id in outcome.expired:
-            if run_id in outcome.runs:  # triggered again after its marker expired: a new run
-                continue
-            await writer.add(runs_topic, None, key=run_id.encode(), partition=partition)
-            outcome.dropped.append((partition, run_id))
 
     async def _apply(
         self, record: Any, table: _Table, outcome: _BatchOutcome, writer: kafka.BatchWriter
@@ -195,7 +187,7 @@ class ControlProcessor:
             await writer.add(self._topics.dlq, dlq_record(str(exc), origin, record.value))
             return
         if isinstance(message, MarkersDue):
-            self._sweep(record.partition, table, outcome)
+            await self._sweep(record.partition, table, outcome, writer)
             return
         if isinstance(message, EventsBatched | WindowDue):
             problem = await self._apply_window(message, record.partition, table, outcome, writer)
@@ -297,12 +289,15 @@ class ControlProcessor:
                     outcome.notes.append(lambda: self._observer.run_finished(new))
         return None
 
-    def _sweep(self, partition: int, table: _Table, outcome: _BatchOutcome) -> None:
-        """Mark the partition's expired markers for deletion, and arm the next sweep."""
+    async def _sweep(
+        self, partition: int, table: _Table, outcome: _BatchOutcome, writer: kafka.BatchWriter
+    ) -> None:
+        """Tombstone the partition's expired markers (dropped from memory after the commit),
+        and arm the next sweep."""
         now = self._clock()
-        outcome.expired.extend(expired_markers(table.runs, now, self._settings.dedup_retention))
-        # expired at restore, unless the trigger came again and its new run is here now
-        outcome.expired.extend(run_id for run_id in table.expired if run_id not in table.runs)
+        for run_id in expired_markers(table.runs, now, self._settings.dedup_retention):
+            await writer.add(self._topics.runs, None, key=run_id.encode(), partition=partition)
+            outcome.dropped.append((partition, run_id))
         outcome.timers.append((partition, MarkersDue(partition), now + self._sweep_every()))
 
     def _sweep_every(self) -> float:
@@ -313,9 +308,7 @@ class ControlProcessor:
             # A finished run is kept only as a marker: enough to refuse a duplicate trigger.
             self._tables[partition].runs[run.run_id] = _marker(run)
         for partition, run_id in outcome.dropped:
-            table = self._tables[partition]
-            table.runs.pop(run_id, None)
-            table.expired.discard(run_id)
+            self._tables[partition].runs.pop(run_id, None)
         for partition, due, at in outcome.timers:
             self._arm(partition, due, at)
         for note in outcome.notes:
@@ -357,8 +350,7 @@ class ControlProcessor:
 
     async def restore(self, partition: int) -> None:
         """Load a partition's runs and windows from the changelog and re-arm its timers."""
-        expire_before = self._clock() - self._settings.dedup_retention
-        table = await _read_changelog(self._settings, self._topics.runs, partition, expire_before)
+        table = await _read_changelog(self._settings, self._topics.runs, partition)
         async with self._lock:
             self._tables[partition] = table
             for handle in self._timers.pop(partition, set()):
@@ -410,11 +402,9 @@ def _marker(run: Run) -> Run:
     return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})
 
 
-async def _read_changelog(
-    settings: Settings, topic: str, partition: int, expire_before: float
-) -> _Table:
-    """A partition's table from its changelog; markers of runs finished before
-    ``expire_before`` are not loaded, only noted for the next sweep to tombstone."""
+async def _read_changelog(settings: Settings, topic: str, partition: int) -> _Table:
+    """A partition's table from its changelog (expired markers too: the first sweep after
+    the restore deletes them)."""
     tp = TopicPartition(topic, partition)
     reader = kafka.consumer(settings, group=None)
     await reader.start()
@@ -435,17 +425,9 @@ async def _read_changelog(
                         table.windows[key] = Window.from_json(orjson.loads(record.value))
                 elif record.value is None:
                     table.runs.pop(key, None)
-                    table.expired.discard(key)
                 else:
                     run = Run.from_json(orjson.loads(record.value))
-                    if run.status == "running":
-                        table.runs[run.run_id] = run
-                    elif run.finished_at is not None and run.finished_at < expire_before:
-                        table.runs.pop(run.run_id, None)
-                        table.expired.add(run.run_id)
-                    else:
-                        table.runs[run.run_id] = _marker(run)
-                        table.expired.discard(run.run_id)
+                    table.runs[run.run_id] = _marker(run) if run.status != "running" else run
         return table
     finally:
         await reader.stop()
