@@ -57,11 +57,22 @@ def format_storage(
     if (data_dir / "meta.properties").exists():
         return
     say(f"kafka: formatting storage in {data_dir} (first run only)…")
-    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
     _run([
         *_java(libs_dir), "kafka.tools.StorageTool", "format",
-        "-t", cluster_id, "-c", str(properties),
+        f"--cluster-id={new_cluster_id()}", "-c", str(properties),
     ])  # fmt: skip
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: the
+    storage tool's argument parser would read it as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def broker_command(libs_dir: Path, properties: Path) -> list[str]:
