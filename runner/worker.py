@@ -1,21 +1,27 @@
 """Workers: execute task requests of one route and report results to ``control``.
 
-Workers are stateless. A request's offset is committed only after its result was written
-to ``control``; a worker that dies re-executes its uncommitted requests on restart, and
-the run state machine ignores a result that was already counted. Tasks of one fetched
-batch (up to ``FETCH_RECORDS`` requests) run concurrently, at most ``concurrency`` at a time;
-their results go out as one batch of writes.
+Workers are stateless. A request's offset is committed only after its result, and the
+result of every request before it in its partition, was written to ``control``; a worker
+that dies re-executes its uncommitted requests on restart, and the run state machine
+ignores a result that was already counted.
+
+Requests run concurrently (at most ``concurrency`` at a time) and each result is written
+as soon as its task finishes, together with whatever else finished meanwhile: a slow task
+holds back no other task's result, only the commit of the offsets after its own
+(``Uncommitted``). A request fetched again while it still runs or waits for that commit
+(the group rebalanced and the partition stayed here) is not executed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from headwater.runner import kafka
 from headwater.runner.errors import BadMessage, TaskFailed
@@ -27,6 +33,71 @@ from headwater.runner.tasks import TaskContext, execute
 
 log = logging.getLogger(__name__)
 FETCH_RECORDS = 500
+#: Fetching pauses while this many requests are running or waiting for a slot ...
+MAX_RUNNING = 2 * FETCH_RECORDS
+#: ... or while this many fetched requests wait for their offsets' commit (a long task
+#: at the head of a partition holds back the commit of every request after it).
+MAX_UNCOMMITTED = 50_000
+#: On stop, how long running tasks may still finish and report before they are
+#: abandoned (their requests are executed again by the partition's next owner).
+STOP_DRAIN_S = 10.0
+
+_Write = tuple[str, bytes, bytes | None]
+_Report = tuple[TopicPartition, int, _Write]
+
+
+class Uncommitted:
+    """The fetched requests whose offsets are not committed yet, per partition, and which
+    of them have had their result written.
+
+    A partition may commit up to its first request whose result is not written: Kafka's
+    committed offset means "everything before this is done".
+    """
+
+    def __init__(self) -> None:
+        self._written: dict[TopicPartition, dict[int, bool]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(offsets) for offsets in self._written.values())
+
+    def add(self, tp: TopicPartition, offset: int) -> bool:
+        """Track a fetched request; False if it is tracked already (fetched again)."""
+        offsets = self._written.setdefault(tp, {})
+        if offset in offsets:
+            return False
+        offsets[offset] = False
+        return True
+
+    def written(self, tp: TopicPartition, offset: int) -> None:
+        offsets = self._written.get(tp)
+        if offsets is not None and offset in offsets:  # else: the partition moved away
+            offsets[offset] = True
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset to commit, where there is something new to commit."""
+        commits = {}
+        for tp, offsets in self._written.items():
+            done = None
+            for offset in sorted(offsets):
+                if not offsets[offset]:
+                    break
+                done = offset
+            if done is not None:
+                commits[tp] = done + 1
+        return commits
+
+    def committed(self, commits: Mapping[TopicPartition, int]) -> None:
+        for tp, upto in commits.items():
+            offsets = self._written.get(tp, {})
+            for offset in [o for o in offsets if o < upto]:
+                del offsets[offset]
+
+    def keep_only(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget the partitions not assigned here any more: their next owner executes
+        their uncommitted requests."""
+        kept = set(partitions)
+        for tp in [tp for tp in self._written if tp not in kept]:
+            del self._written[tp]
 
 
 class Worker:
@@ -46,33 +117,92 @@ class Worker:
         self._concurrency = concurrency
 
     async def run(self, stopping: asyncio.Event) -> None:
+        uncommitted = Uncommitted()
         consumer = kafka.consumer(
             self._settings,
-            self._topics.tasks(self._route),
             group=self._topics.group(f"workers.{self._route}"),
             max_poll_interval_ms=3_600_000,
         )
-        writer = kafka.BatchWriter(self._producer)  # a restart starts with nothing half-added
+        consumer.subscribe([self._topics.tasks(self._route)], listener=_KeepAssigned(uncommitted))
+        finished: asyncio.Queue[_Report | None] = asyncio.Queue()
+        room = asyncio.Event()
+        slots = asyncio.Semaphore(self._concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def attempt(tp: TopicPartition, record: Any) -> None:
+            try:
+                write = await self._attempt(record, slots)
+            except Exception as exc:  # a request must be reported, whatever happened
+                log.exception("task request %s:%d failed in the worker", tp, record.offset)
+                write = self._dlq(record, f"worker error: {type(exc).__name__}: {exc}")
+            finished.put_nowait((tp, record.offset, write))
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            room.set()
+
         await consumer.start()
+        reporter = asyncio.create_task(self._report(consumer, uncommitted, finished, room))
         try:
             while not stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
-                records = [record for records in batch.values() for record in records]
-                if not records:
+                if len(running) >= MAX_RUNNING or len(uncommitted) >= MAX_UNCOMMITTED:
+                    room.clear()
+                    await _wait(room, 0.2)
+                    _raise_if_failed(reporter)
                     continue
-                slots = asyncio.Semaphore(self._concurrency)
-                results = await asyncio.gather(*(self._attempt(r, slots) for r in records))
-                for topic, value, key in results:
-                    await writer.add(topic, value, key=key)
-                writes = await writer.flush()
-                await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
-                await kafka.commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
+                _raise_if_failed(reporter)
+                for tp, records in batch.items():
+                    for record in records:
+                        if uncommitted.add(tp, record.offset):
+                            task = asyncio.create_task(attempt(tp, record))
+                            running.add(task)
+                            task.add_done_callback(done)
+            if running:  # stopping: let running tasks report, within a grace
+                await asyncio.wait(list(running), timeout=STOP_DRAIN_S)
+            for task in list(running):
+                task.cancel()
+            finished.put_nowait(None)
+            await reporter
         finally:
+            for task in [*running, reporter]:
+                task.cancel()
+            await asyncio.gather(*running, reporter, return_exceptions=True)
             await consumer.stop()
 
-    async def _attempt(
-        self, record: Any, slots: asyncio.Semaphore
-    ) -> tuple[str, bytes, bytes | None]:
+    async def _report(
+        self,
+        consumer: Any,
+        uncommitted: Uncommitted,
+        finished: asyncio.Queue[_Report | None],
+        room: asyncio.Event,
+    ) -> None:
+        """Write results as they come, each write carrying every result finished by then;
+        commit what they complete. Returns after the ``None`` that marks the end."""
+        writer = kafka.BatchWriter(self._producer)  # a restart starts with nothing half-added
+        last = False
+        while not last:
+            reports: list[_Report] = []
+            item = await finished.get()
+            while item is not None:
+                reports.append(item)
+                if finished.empty():
+                    break
+                item = finished.get_nowait()
+            last = item is None
+            for _, _, (topic, value, key) in reports:
+                await writer.add(topic, value, key=key)
+            writes = await writer.flush()
+            await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
+            for tp, offset, _ in reports:
+                uncommitted.written(tp, offset)
+            assigned = consumer.assignment()
+            commits = {tp: o for tp, o in uncommitted.committable().items() if tp in assigned}
+            if commits and await kafka.commit(consumer, commits):
+                uncommitted.committed(commits)
+                room.set()
+
+    async def _attempt(self, record: Any, slots: asyncio.Semaphore) -> _Write:
         """Execute one request; returns the write (topic, value, key) that reports it."""
         try:
             request = decode_task_request(record.value)
@@ -81,9 +211,7 @@ class Worker:
                 raise BadMessage(f"pipeline {request['pipeline']!r} is not loaded by this worker")
             task = pipeline.task(request["task"])
         except (BadMessage, KeyError) as exc:
-            origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-            reason = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-            return self._topics.dlq, dlq_record(reason, origin, record.value), None
+            return self._dlq(record, exc.args[0] if isinstance(exc, KeyError) else str(exc))
         context = TaskContext(
             run_id=request["run_id"],
             pipeline=pipeline.name,
@@ -110,3 +238,28 @@ class Worker:
             finished_at=time.time(),
         )
         return self._topics.control, encode_control(result), context.run_id.encode()
+
+    def _dlq(self, record: Any, reason: str) -> _Write:
+        origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        return self._topics.dlq, dlq_record(reason, origin, record.value), None
+
+
+class _KeepAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, uncommitted: Uncommitted) -> None:
+        self._uncommitted = uncommitted
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass  # a revoked partition may come straight back: decide once assigned
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._uncommitted.keep_only(assigned)
+
+
+async def _wait(event: asyncio.Event, within: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), within)
+
+
+def _raise_if_failed(reporter: asyncio.Task[None]) -> None:
+    if reporter.done():
+        reporter.result()  # the reporter's failure (Kafka unreachable) restarts the worker
