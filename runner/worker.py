@@ -51,7 +51,10 @@ class Uncommitted:
     of them have had their result written.
 
     A partition may commit up to its first request whose result is not written: Kafka's
-    committed offset means "everything before this is done".
+    committed offset means "everything before this is done". Each partition's offsets are
+    kept in ascending order (a request fetched below the highest one, after the consumer
+    was sent back, re-sorts them), so finding and dropping the committable prefix only
+    visits that prefix.
     """
 
     def __init__(self) -> None:
@@ -65,7 +68,10 @@ class Uncommitted:
         offsets = self._written.setdefault(tp, {})
         if offset in offsets:
             return False
+        in_order = not offsets or offset > next(reversed(offsets))
         offsets[offset] = False
+        if not in_order:
+            self._written[tp] = dict(sorted(offsets.items()))
         return True
 
     def written(self, tp: TopicPartition, offset: int) -> None:
@@ -78,8 +84,8 @@ class Uncommitted:
         commits = {}
         for tp, offsets in self._written.items():
             done = None
-            for offset in sorted(offsets):
-                if not offsets[offset]:
+            for offset, written in offsets.items():
+                if not written:
                     break
                 done = offset
             if done is not None:
@@ -89,8 +95,8 @@ class Uncommitted:
     def committed(self, commits: Mapping[TopicPartition, int]) -> None:
         for tp, upto in commits.items():
             offsets = self._written.get(tp, {})
-            for offset in [o for o in offsets if o < upto]:
-                del offsets[offset]
+            while offsets and next(iter(offsets)) < upto:
+                del offsets[next(iter(offsets))]
 
     def keep_only(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget the partitions not assigned here any more: their next owner executes
@@ -180,27 +186,25 @@ class Worker:
         """Write results as they come, each write carrying every result finished by then;
         commit what they complete. Returns after the ``None`` that marks the end."""
         writer = kafka.BatchWriter(self._producer)  # a restart starts with nothing half-added
-        last = False
-        while not last:
-            reports: list[_Report] = []
-            item = await finished.get()
-            while item is not None:
-                reports.append(item)
-                if finished.empty():
-                    break
-                item = finished.get_nowait()
-            last = item is None
-            for _, _, (topic, value, key) in reports:
+        while True:
+            reports = [await finished.get()]
+            while not finished.empty():
+                reports.append(finished.get_nowait())
+            end = reports[-1] is None  # put last, once no task can report any more
+            done = [report for report in reports if report is not None]
+            for _, _, (topic, value, key) in done:
                 await writer.add(topic, value, key=key)
             writes = await writer.flush()
             await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
-            for tp, offset, _ in reports:
+            for tp, offset, _ in done:
                 uncommitted.written(tp, offset)
             assigned = consumer.assignment()
             commits = {tp: o for tp, o in uncommitted.committable().items() if tp in assigned}
             if commits and await kafka.commit(consumer, commits):
                 uncommitted.committed(commits)
                 room.set()
+            if end:
+                return
 
     async def _attempt(self, record: Any, slots: asyncio.Semaphore) -> _Write:
         """Execute one request; returns the write (topic, value, key) that reports it."""
