@@ -13,8 +13,8 @@ from typing import Any
 
 from bench.kafkatools import ensure_log_topics, fill_events
 from bench.stages import serve_until
-from headwater.runner.hooks import RunObserver
-from headwater.runner.pipeline import Batching, Pipeline, Task, Trigger
+from headwater.runner.model.pipeline import Batching, Pipeline, Task, Trigger
+from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.settings import Settings
 
 WINDOW = Batching(max_events=1000, max_wait=1.0)

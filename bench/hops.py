@@ -26,7 +26,7 @@ import uuid
 from typing import Any
 
 from bench.kafkatools import create_topics, delete_topics, until
-from headwater.runner import kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 STAMP = struct.Struct(">d")

@@ -17,8 +17,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from headwater.runner import kafka
 from headwater.runner.envelope import CloudEvent, Headers, to_kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 #: one produce request's worth of records per batch (the broker takes up to 1 MB)

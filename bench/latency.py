@@ -32,10 +32,10 @@ from bench import tasks
 from bench.kafkatools import ensure_log_topics, reading, record_times, until
 from bench.processes import relay
 from bench.stages import noop_pipeline
-from headwater.runner import kafka
 from headwater.runner.engine import serve
 from headwater.runner.envelope import to_kafka
-from headwater.runner.hooks import RunObserver
+from headwater.runner.log import kafka
+from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.settings import Settings
 
 PRIME = -1  # the id of the event sent through before the load starts

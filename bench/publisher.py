@@ -19,7 +19,7 @@ import time
 import orjson
 
 from bench.kafkatools import encoded, reading, write
-from headwater.runner import kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 TICK = 0.004

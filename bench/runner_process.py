@@ -22,7 +22,7 @@ import sys
 from bench.batched import batched_pipeline
 from bench.stages import hundred_pipelines, noop_pipeline
 from headwater.runner.engine import serve
-from headwater.runner.hooks import RunObserver
+from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.router import EventRouter
 from headwater.runner.settings import Settings, Topics
 

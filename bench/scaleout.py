@@ -43,7 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.kafkatools import CommitWatch, ensure_log_topics, fill_events
 from bench.processes import relay, stop
-from headwater.runner import kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 PARTITIONS = 4

@@ -20,11 +20,11 @@ from bench.kafkatools import CommitWatch, ensure_log_topics, fill_events, until
 from headwater.bridges.base import Delivery
 from headwater.bridges.mapping import mapper
 from headwater.bridges.pump import Pump
-from headwater.runner import kafka
 from headwater.runner.engine import serve
 from headwater.runner.envelope import CloudEvent
-from headwater.runner.hooks import RunObserver
-from headwater.runner.pipeline import Condition, Pipeline, Task, Trigger
+from headwater.runner.log import kafka
+from headwater.runner.model.pipeline import Condition, Pipeline, Task, Trigger
+from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.router import EventRouter
 from headwater.runner.settings import Settings
 

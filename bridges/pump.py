@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from headwater.bridges.base import DeadLettering, Delivery, Source
 from headwater.bridges.mapping import to_cloudevents
-from headwater.runner import kafka
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, NotConnected
-from headwater.runner.messages import dlq_record
+from headwater.runner.flow.backoff import RECONNECT, Backoff, Retry, pause
+from headwater.runner.log import kafka
+from headwater.runner.log.records import dlq_record
 from headwater.runner.settings import Topics
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,18 @@ class Pump:
         topics: Topics,
         batch_size: int = 100,
         write_timeout: float = 15.0,
-        max_backoff: float = 10.0,
+        backoff: Backoff = RECONNECT,
     ) -> None:
         self._source = source
         self._writer = kafka.BatchWriter(producer)
         self._topics = topics
         self._batch_size = batch_size
         self._write_timeout = write_timeout
-        self._max_backoff = max_backoff
+        self._backoff = backoff
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._reconnect(stopping, first=True)
-        failures = 0
+        retry = Retry(self._backoff)
         try:
             while not stopping.is_set():
                 try:
@@ -59,10 +59,9 @@ class Pump:
                         await self._source.ack(written)
                     if failed:
                         await self._source.nack(failed)
-                        failures += 1
-                        await _pause(stopping, _backoff(failures, self._max_backoff))
+                        await pause(stopping, retry.failed())
                     else:
-                        failures = 0
+                        retry.succeeded()
                 except NotConnected as exc:
                     log.warning("%s: connection lost (%s); reconnecting", self._source.name, exc)
                     await self._reconnect(stopping)
@@ -84,7 +83,7 @@ class Pump:
         return []
 
     async def _reconnect(self, stopping: asyncio.Event, first: bool = False) -> None:
-        attempt = 0
+        retry = Retry(self._backoff)
         if not first:
             await self._source.close()
         while not stopping.is_set():
@@ -93,12 +92,11 @@ class Pump:
                 log.info("%s: connected", self._source.name)
                 return
             except NotConnected as exc:
-                attempt += 1
-                delay = _backoff(attempt, self._max_backoff)
+                delay = retry.failed()
                 log.warning(
                     "%s: cannot connect (%s); retrying in %.1fs", self._source.name, exc, delay
                 )
-                await _pause(stopping, delay)
+                await pause(stopping, delay)
 
     async def _forward(self, deliveries: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
         """Write every delivery's events; returns (written, failed) deliveries.
@@ -174,12 +172,3 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_exception(exc)
     return future
-
-
-def _backoff(attempt: int, maximum: float) -> float:
-    return float(min(maximum, 0.5 * 2.0 ** (attempt - 1))) * (0.8 + 0.4 * random.random())
-
-
-async def _pause(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)

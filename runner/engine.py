@@ -9,16 +9,16 @@ under a supervisor that restarts it with backoff after a failure. It returns onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
 from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
-from headwater.runner import kafka
 from headwater.runner.control import ControlProcessor
-from headwater.runner.hooks import RunObserver
-from headwater.runner.pipeline import Pipeline
+from headwater.runner.flow.backoff import RECONNECT, Retry, pause
+from headwater.runner.log import kafka
+from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.router import EventRouter
 from headwater.runner.settings import Settings
 from headwater.runner.supervise import Component, supervise
@@ -70,18 +70,17 @@ async def serve(
 async def _until_kafka_answers(
     settings: Settings, routes: set[str], stopping: asyncio.Event
 ) -> None:
-    delay = 0.5
+    retry = Retry(RECONNECT)
     while not stopping.is_set():
         try:
             await kafka.ensure_topics(settings, routes)
             return
         except Exception as exc:  # noqa: BLE001 - broker not there yet: wait for it
+            delay = retry.failed()
             log.warning(
                 "Kafka at %s not reachable (%s); retrying in %.0fs",
                 settings.kafka.bootstrap,
                 exc,
                 delay,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-            delay = min(10.0, delay * 2)
+            await pause(stopping, delay)

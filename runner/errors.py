@@ -1,6 +1,10 @@
 """One error root for headwater.
 
-Retries and circuit breakers read ``retriable``, never the message text.
+Retries and circuit breakers read ``retriable``, never the message text. Errors of the
+libraries at the edges (aiokafka, the cloud SDKs) are wrapped into this root where they
+are caught (``log.kafka.wrapped``, each bridge's ``NotConnected``); ``retriable(exc)``
+answers for anything else: a broken connection or a timeout is worth trying again, a
+bug is not.
 """
 
 from __future__ import annotations
@@ -47,3 +51,12 @@ class TaskFailed(HeadwaterError):
     """A task attempt failed (raised, exited non-zero or timed out)."""
 
     retriable = True
+
+
+def retriable(exc: BaseException) -> bool:
+    """Whether trying again may succeed: the error's own flag for headwater's errors (and
+    for aiokafka's, which carry the same flag), true for lost connections and timeouts."""
+    flag = getattr(exc, "retriable", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(exc, ConnectionError | TimeoutError)

@@ -24,15 +24,21 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from headwater.runner import kafka
-from headwater.runner.batching import MAX_BYTES, EventsBatched, key_value, window_key
 from headwater.runner.envelope import CloudEvent, from_kafka
 from headwater.runner.errors import BadMessage
-from headwater.runner.matching import Match, TriggerIndex
-from headwater.runner.messages import dlq_record, encode_control
-from headwater.runner.pipeline import Pipeline
+from headwater.runner.log import kafka
+from headwater.runner.log.records import (
+    EventsBatched,
+    RunRequested,
+    dlq_record,
+    encode_control,
+    record_origin,
+)
+from headwater.runner.model.matching import Match, TriggerIndex
+from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.runs.machine import run_id_for
+from headwater.runner.runs.windows import MAX_BYTES, key_value, window_key
 from headwater.runner.settings import Settings
-from headwater.runner.state import RunRequested, run_id_for
 
 FETCH_RECORDS = 5000
 
@@ -50,21 +56,12 @@ class EventRouter:
         )
         plain = kafka.producer(self._settings)
         consumer = kafka.consumer(self._settings, topics.events, group=topics.group("router"))
-        await txn.start()
-        await plain.start()
-        try:
-            await consumer.start()
-            try:
-                writers = kafka.BatchWriter(plain), kafka.BatchWriter(txn)
-                while not stopping.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
-                    if batch:
-                        await self._route(batch, consumer, txn, writers)
-            finally:
-                await consumer.stop()
-        finally:
-            await plain.stop()
-            await txn.stop()
+        async with kafka.started(txn, plain, consumer):
+            writers = kafka.BatchWriter(plain), kafka.BatchWriter(txn)
+            while not stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
+                if batch:
+                    await self._route(batch, consumer, txn, writers)
 
     async def _route(
         self,
@@ -104,11 +101,7 @@ class EventRouter:
                 try:
                     event = from_kafka(record.headers, record.value)
                 except BadMessage as exc:
-                    origin = {
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    }
+                    origin = record_origin(record)
                     value = dlq_record(str(exc), origin, record.value, record.headers)
                     writes.append((self._topics.dlq, value, None, None))
                     continue

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError
-from headwater.runner.pipeline import parse_duration
 from headwater.runner.secrets import resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"

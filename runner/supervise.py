@@ -1,18 +1,21 @@
-"""Keep a component running: restart it with exponential backoff when it fails.
+"""Keep a component running: restart it with backoff when it fails.
 
 A component is a coroutine function taking the process's ``stopping`` event. It is
 restarted from scratch after any error (it rebuilds its state from Kafka), so a lost
-broker or a broken connection costs a delay, never the process.
+broker or a broken connection costs a delay, never the process. The error's
+``retriable`` flag (``errors.retriable``) decides how it is reported: an expected outage
+as one warning line, anything else (a bug) with its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
+
+from headwater.runner.errors import retriable
+from headwater.runner.flow.backoff import RECONNECT, Backoff, Retry, pause
 
 log = logging.getLogger(__name__)
 
@@ -21,26 +24,25 @@ _HEALTHY_AFTER = 60.0
 
 
 async def supervise(
-    name: str,
-    component: Component,
-    stopping: asyncio.Event,
-    initial: float = 0.5,
-    maximum: float = 10.0,
+    name: str, component: Component, stopping: asyncio.Event, backoff: Backoff = RECONNECT
 ) -> None:
-    delay = initial
+    retry = Retry(backoff)
     while not stopping.is_set():
         started = time.monotonic()
         try:
             await component(stopping)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure means: restart with backoff
+        except Exception as exc:
             if time.monotonic() - started > _HEALTHY_AFTER:
-                delay = initial
-            wait = delay * (0.8 + 0.4 * random.random())
+                retry.succeeded()
+            wait = retry.failed()
             log.warning(
-                "%s failed (%s: %s); restarting in %.1fs", name, type(exc).__name__, exc, wait
+                "%s failed (%s: %s); restarting in %.1fs",
+                name,
+                type(exc).__name__,
+                exc,
+                wait,
+                exc_info=not retriable(exc),
             )
-            delay = min(maximum, delay * 2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), wait)
+            await pause(stopping, wait)

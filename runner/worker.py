@@ -21,15 +21,20 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
-from headwater.runner import kafka
 from headwater.runner.errors import BadMessage, TaskFailed
-from headwater.runner.messages import decode_task_request, dlq_record, encode_control
-from headwater.runner.pipeline import Pipeline
+from headwater.runner.executor import TaskContext, execute
+from headwater.runner.log import kafka
+from headwater.runner.log.records import (
+    TaskFinished,
+    decode_task_request,
+    dlq_record,
+    encode_control,
+    record_origin,
+)
+from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.settings import Settings
-from headwater.runner.state import TaskFinished
-from headwater.runner.tasks import TaskContext, execute
 
 log = logging.getLogger(__name__)
 FETCH_RECORDS = 500
@@ -129,7 +134,12 @@ class Worker:
             group=self._topics.group(f"workers.{self._route}"),
             max_poll_interval_ms=3_600_000,
         )
-        consumer.subscribe([self._topics.tasks(self._route)], listener=_KeepAssigned(uncommitted))
+
+        async def assigned(partitions: list[TopicPartition]) -> None:
+            uncommitted.keep_only(partitions)  # revoked ones may come straight back
+
+        rebalance = kafka.Rebalance(assigned=assigned)
+        consumer.subscribe([self._topics.tasks(self._route)], listener=rebalance)
         finished: asyncio.Queue[_Report | None] = asyncio.Queue()
         room = asyncio.Event()
         slots = asyncio.Semaphore(self._concurrency)
@@ -244,19 +254,7 @@ class Worker:
         return self._topics.control, encode_control(result), context.run_id.encode()
 
     def _dlq(self, record: Any, reason: str) -> _Write:
-        origin = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        return self._topics.dlq, dlq_record(reason, origin, record.value), None
-
-
-class _KeepAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, uncommitted: Uncommitted) -> None:
-        self._uncommitted = uncommitted
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        pass  # a revoked partition may come straight back: decide once assigned
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._uncommitted.keep_only(assigned)
+        return self._topics.dlq, dlq_record(reason, record_origin(record), record.value), None
 
 
 async def _wait(event: asyncio.Event, within: float) -> None:

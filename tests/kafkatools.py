@@ -10,8 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from headwater.runner import kafka
 from headwater.runner.envelope import CloudEvent, to_kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 

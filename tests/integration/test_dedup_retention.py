@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
-from headwater.runner.state import run_id_for
 from tests.kafkatools import publish, read_all, read_topic
 from tests.processes import HeadwaterProcess
 

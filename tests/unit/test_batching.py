@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from headwater.runner import batching
-from headwater.runner.batching import EventsBatched, Window, WindowDue, key_value
 from headwater.runner.envelope import CloudEvent
-from headwater.runner.pipeline import Batching
+from headwater.runner.log.records import EventsBatched, WindowDue
+from headwater.runner.model.pipeline import Batching
+from headwater.runner.runs import windows as batching
+from headwater.runner.runs.windows import Window, key_value
 from headwater.runner.tasks import TaskContext
 
 T0 = 1_000.0

@@ -13,10 +13,10 @@ from cloudevents.core.bindings.kafka import KafkaMessage
 from cloudevents.core.bindings.kafka import from_kafka as sdk_from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from headwater.runner.completion import completion_event
 from headwater.runner.envelope import CloudEvent, epoch_iso, from_kafka, rfc3339, to_kafka
 from headwater.runner.errors import BadMessage
-from headwater.runner.state import Run, TaskRecord
+from headwater.runner.runs.completion import completion_event
+from headwater.runner.runs.machine import Run, TaskRecord
 
 SCHEMA = json.loads((resources.files("headwater.schemas") / "cloudevent.schema.json").read_text())
 EVENT = CloudEvent(

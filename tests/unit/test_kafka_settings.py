@@ -7,7 +7,7 @@ from typing import Any
 import aiokafka.producer.sender
 from aiokafka.errors import CommitFailedError
 
-from headwater.runner import kafka
+from headwater.runner.log import kafka
 
 
 def test_a_concurrent_transaction_is_retried_after_2_ms_not_20() -> None:

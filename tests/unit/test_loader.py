@@ -10,8 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from headwater.runner.errors import PipelineErrors
-from headwater.runner.loader import load_pipeline, load_pipelines, validate_paths
-from headwater.runner.pipeline import Backoff, Batching, Condition
+from headwater.runner.model.loader import load_pipeline, load_pipelines, validate_paths
+from headwater.runner.model.pipeline import Backoff, Batching, Condition
 
 VALID = """\
 name: csv-report

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from headwater.runner.envelope import CloudEvent
-from headwater.runner.matching import TriggerIndex, condition_holds, trigger_matches
-from headwater.runner.pipeline import Condition, Pipeline, Task, Trigger
+from headwater.runner.model.matching import TriggerIndex, condition_holds, trigger_matches
+from headwater.runner.model.pipeline import Condition, Pipeline, Task, Trigger
 
 
 def event(

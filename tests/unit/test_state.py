@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from headwater.runner.pipeline import Backoff, Pipeline, Task, Trigger
-from headwater.runner.state import (
+from headwater.runner.log.records import RetryDue, RunRequested, TaskFinished
+from headwater.runner.model.pipeline import Backoff, Pipeline, Task, Trigger
+from headwater.runner.runs.machine import (
     Dispatch,
     Finish,
-    RetryDue,
     Run,
-    RunRequested,
     ScheduleRetry,
-    TaskFinished,
     expired_markers,
     run_id_for,
     step,

@@ -11,7 +11,8 @@ import logging
 import sys
 from typing import TextIO
 
-from headwater.runner.state import Run, TaskRecord
+from headwater.runner.runs.machine import Run, TaskRecord
+from headwater.runner.runs.table import Note
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ class Observers(RunObserver):
     def run_finished(self, run: Run) -> None:
         for observer in self._observers:
             _safely(observer.run_finished, run)
+
+
+def tell(observer: RunObserver, note: Note) -> None:
+    """Call the hook a committed change asked for."""
+    if note.hook == "started":
+        observer.run_started(note.run)
+    elif note.hook == "finished":
+        observer.run_finished(note.run)
+    elif note.record is not None:
+        observer.task_finished(note.run, note.task, note.record)
 
 
 def _safely(hook: object, *args: object) -> None:

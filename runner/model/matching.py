@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 from headwater.runner.envelope import CloudEvent
-from headwater.runner.pipeline import Condition, Pipeline, Trigger
+from headwater.runner.model.pipeline import Condition, Pipeline, Trigger
 
 _GLOB_CHARS = frozenset("*?[")
 MISSING = object()

@@ -30,9 +30,10 @@ from typing import Any, Literal
 import orjson
 
 from headwater.runner.envelope import CloudEvent, epoch_iso
-from headwater.runner.matching import MISSING, lookup
-from headwater.runner.pipeline import Batching
-from headwater.runner.state import RunRequested, run_id_for
+from headwater.runner.log.records import EventsBatched, RunRequested, WindowDue
+from headwater.runner.model.matching import MISSING, lookup
+from headwater.runner.model.pipeline import Batching
+from headwater.runner.runs.machine import run_id_for
 
 BATCH_TYPE = "headwater.batch"
 BATCH_SOURCE_PREFIX = "/headwater/batches/"
@@ -58,28 +59,6 @@ def key_value(event: CloudEvent, key: str | None) -> str | None:
         return value if isinstance(value, str) else orjson.dumps(value).decode()
     value = getattr(event, key, None)
     return value if isinstance(value, str) else None
-
-
-# --- control messages ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EventsBatched:
-    """Events one trigger matched, in order, for one window key."""
-
-    window: str
-    pipeline: str
-    trigger: int
-    key: str | None
-    events: list[dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class WindowDue:
-    """A timer armed for the window that opened at ``opened_at`` went off."""
-
-    window: str
-    opened_at: float
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -164,10 +143,6 @@ def add(window: Window | None, message: EventsBatched, spec: Batching, now: floa
     if window is None or window is original:
         return Fold(window, runs)
     return Fold(window, runs, window.deadline(spec))  # a new window: arm its timer
-
-
-def _opened(message: EventsBatched, now: float) -> Window:
-    return Window(message.window, message.pipeline, message.trigger, message.key, now, now)
 
 
 def due(window: Window | None, message: WindowDue, spec: Batching, now: float) -> Fold:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from headwater.runner.envelope import CloudEvent, epoch_iso
-from headwater.runner.state import Run, TaskRecord
+from headwater.runner.runs.machine import Run, TaskRecord
 
 SOURCE_PREFIX = "/headwater/pipelines/"
 

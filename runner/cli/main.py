@@ -19,13 +19,13 @@ import orjson
 
 from headwater.bridges import sources
 from headwater.bridges.base import Source
-from headwater.runner import kafka
 from headwater.runner.engine import serve
 from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
-from headwater.runner.hooks import ConsoleProgress
-from headwater.runner.loader import load_pipelines, validate_paths
-from headwater.runner.pipeline import Pipeline
+from headwater.runner.log import kafka
+from headwater.runner.model.loader import load_pipelines, validate_paths
+from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.observe.hooks import ConsoleProgress
 from headwater.runner.settings import Settings
 
 

@@ -9,16 +9,77 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from headwater.runner.batching import EventsBatched, WindowDue
 from headwater.runner.envelope import now_iso
 from headwater.runner.errors import BadMessage
-from headwater.runner.state import ControlMessage, MarkersDue, RetryDue, RunRequested, TaskFinished
+
+# --- control messages: the run table's only input ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequested:
+    run_id: str
+    pipeline: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    run_id: str
+    task: str
+    attempt: int
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDue:
+    run_id: str
+    task: str
+    attempt: int
+
+
+ControlMessage = RunRequested | TaskFinished | RetryDue
+
+
+@dataclass(frozen=True, slots=True)
+class MarkersDue:
+    """Time to delete the expired markers of finished runs in one control partition (a
+    timer of the control processor; written to that partition, so it is applied in order
+    with the partition's other messages, in its transaction)."""
+
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsBatched:
+    """Events one trigger matched, in order, for one window key."""
+
+    window: str
+    pipeline: str
+    trigger: int
+    key: str | None
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowDue:
+    """A timer armed for the window that opened at ``opened_at`` went off."""
+
+    window: str
+    opened_at: float
+
 
 Control = ControlMessage | EventsBatched | WindowDue | MarkersDue
+#: The control messages a timer of the control processor writes.
+Due = RetryDue | WindowDue | MarkersDue
 _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
@@ -29,6 +90,15 @@ _KINDS: dict[str, type[Control]] = {
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
+
+
+def concerns(message: Control) -> dict[str, str]:
+    """What a control message is about, for its DLQ entry: its window or its run."""
+    if isinstance(message, EventsBatched | WindowDue):
+        return {"window": message.window}
+    if isinstance(message, MarkersDue):
+        return {}
+    return {"run_id": message.run_id}
 
 
 def encode_control(message: Control) -> bytes:
@@ -82,6 +152,18 @@ def decode_task_request(value: bytes | None) -> dict[str, Any]:
         if not isinstance(obj, dict) or name not in obj:
             raise BadMessage(f"task request is missing {name!r}")
     return dict(obj)
+
+
+def record_origin(record: Any, **context: str) -> dict[str, Any]:
+    """Where a DLQ entry about a Kafka record came from: its topic, partition and offset,
+    and what it was about (``run_id``, ``window``). Entries about a source message name the
+    bridge, the source and the message id instead (the pump)."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        **context,
+    }
 
 
 def dlq_record(

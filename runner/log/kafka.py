@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiokafka.producer.sender
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -163,6 +163,35 @@ async def commit(consumer: Any, offsets: dict[Any, int]) -> bool:
         log.info("offsets not committed: the consumer group rebalanced; the records are read again")
         return False
     return True
+
+
+@contextlib.asynccontextmanager
+async def started(*clients: Any) -> AsyncIterator[None]:
+    """Start Kafka clients in order and stop them in reverse order, whatever happens."""
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await client.start()
+            stack.push_async_callback(client.stop)
+        yield
+
+
+Partitions = Callable[[list[TopicPartition]], Awaitable[None]]
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A consumer group's rebalance, handed to the component that subscribed: what it lost
+    (before the group moves it) and what it was given (before it is fetched from)."""
+
+    def __init__(self, *, revoked: Partitions | None = None, assigned: Partitions) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self._revoked is not None:
+            await self._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._assigned(assigned)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -1,18 +1,19 @@
 """The pipeline model: what a validated pipeline file becomes.
 
-Instances are immutable and already checked (by ``headwater.runner.loader``): task names
+Instances are immutable and already checked (by ``headwater.runner.model.loader``): task names
 are unique, ``needs`` name existing tasks, and the tasks form a DAG. ``tasks`` is kept in a
 topological order, so "ready" tasks are found by a single pass.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-_DURATION = re.compile(r"^(.*?)(ms|s|m|h|d)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Re-exported: a task's retry schedule and the durations a pipeline file writes.
+from headwater.runner.durations import parse_duration as parse_duration
+from headwater.runner.flow.backoff import Backoff as Backoff
+
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists")
 Comparison = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists"]
 
@@ -53,21 +54,6 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff between attempts: ``initial * multiplier**n``, capped, jittered."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    multiplier: float = 2.0
-    jitter: float = 0.1
-
-    def delay(self, failed_attempts: int, unit_random: float) -> float:
-        """Seconds to wait after ``failed_attempts`` failures; ``unit_random`` in [0, 1)."""
-        base = min(self.maximum, self.initial * self.multiplier ** max(0, failed_attempts - 1))
-        return base * (1 + self.jitter * (2 * unit_random - 1))
-
-
-@dataclass(frozen=True, slots=True)
 class Task:
     """One node of the DAG: a Python callable (``module:function``) or a command."""
 
@@ -105,22 +91,3 @@ class Pipeline:
             if task.name == name:
                 return task
         raise KeyError(f"pipeline {self.name!r} has no task {name!r}")
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``90``, ``1.5``, ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``."""
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    text = value.strip()
-    match = _DURATION.match(text)
-    number, unit = (match.group(1), match.group(2)) if match else (text, "")
-    scale = _UNITS.get(unit, 1.0)
-    try:
-        seconds = float(number) * scale
-    except ValueError:
-        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 250ms") from None
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds

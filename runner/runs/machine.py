@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from headwater.runner.pipeline import Pipeline
+from headwater.runner.log.records import ControlMessage, RetryDue, RunRequested, TaskFinished
+from headwater.runner.model.pipeline import Pipeline
 
 TaskStatus = Literal["pending", "dispatched", "retry_wait", "succeeded", "failed", "skipped"]
 RunStatus = Literal["running", "succeeded", "failed"]
@@ -40,47 +41,6 @@ def run_id_for(pipeline: str, event_id: str, event_source: str) -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-# --- control messages (the run's only input) -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequested:
-    run_id: str
-    pipeline: str
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFinished:
-    run_id: str
-    task: str
-    attempt: int
-    ok: bool
-    output: Any = None
-    error: str | None = None
-    started_at: float = 0.0
-    finished_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RetryDue:
-    run_id: str
-    task: str
-    attempt: int
-
-
-ControlMessage = RunRequested | TaskFinished | RetryDue
-
-
-@dataclass(frozen=True, slots=True)
-class MarkersDue:
-    """Time to delete the expired markers of finished runs in one control partition (a
-    timer of the control processor; written to that partition, so it is applied in order
-    with the partition's other messages, in its transaction)."""
-
-    partition: int
 
 
 def expired_markers(runs: Mapping[str, Run], now: float, retention: float) -> list[str]:

@@ -15,7 +15,6 @@ What must always hold:
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
@@ -32,22 +31,15 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from headwater.runner.errors import PipelineErrors
-from headwater.runner.pipeline import (
-    Backoff,
-    Batching,
-    Comparison,
-    Condition,
+from headwater.runner.model import checks
+from headwater.runner.model.build import build
+from headwater.runner.model.pipeline import (
     Pipeline,
-    Task,
-    Trigger,
-    parse_duration,
 )
-from headwater.runner.schema_errors import DocPath, field_name, schema_problems
-from headwater.runner.secrets import credential_problem
+from headwater.runner.model.schema_errors import DocPath, field_name, schema_problems
 
 PathLike = str | os.PathLike[str]
 _SUFFIXES = (".yaml", ".yml")
-_DEFAULT_BACKOFF = Backoff()
 
 
 class _Problem(NamedTuple):
@@ -152,7 +144,7 @@ def _load_file(path: Path, shown: str) -> _Loaded:
     if isinstance(data, dict) and isinstance(data.get("name"), str):
         loaded.name, loaded.name_line = data["name"], _line_of(root, ("name",))
     if not loaded.problems:
-        loaded.pipeline = _build(data, shown)
+        loaded.pipeline = build(data, shown)
     return loaded
 
 
@@ -161,20 +153,20 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     found = [(p.path, p.message) for p in schema_problems(_schema(), data)]
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(tasks, dict):
-        found += _needs_problems(tasks)
-        found += _duration_problems(tasks)
+        found += checks.needs_problems(tasks)
+        found += checks.duration_problems(tasks)
     triggers = data.get("triggers") if isinstance(data, dict) else None
     if isinstance(triggers, list):
-        found += _batch_problems(triggers)
+        found += checks.batch_problems(triggers)
     problems = [_Problem(_line_of(root, at), field_name(at), msg) for at, msg in found]
     problems += [
         _Problem(_line_of(root, at, of_value=True), field_name(at), msg)
-        for at, msg in _credential_problems(data)
+        for at, msg in checks.credential_problems(data)
     ]
     if isinstance(tasks, dict):
         problems += [
             _Problem(_line_of(root, ("tasks", cycle[0])), "tasks", "cycle " + " -> ".join(cycle))
-            for cycle in _cycles(tasks)
+            for cycle in checks.cycles(tasks)
         ]
     return problems
 
@@ -218,185 +210,3 @@ def _line_of(root: Any, path: DocPath, of_value: bool = False) -> int:
         except (StopIteration, KeyError, IndexError, AttributeError):  # missing, or merged in
             break
     return line
-
-
-def _credential_problems(
-    node: Any, at: DocPath = (), key: str = ""
-) -> Iterator[tuple[DocPath, str]]:
-    """Literal credentials among the string values, ``key`` being the nearest mapping key."""
-    if isinstance(node, dict):
-        for name, value in node.items():
-            yield from _credential_problems(value, (*at, name), name)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _credential_problems(item, (*at, index), key)
-    elif isinstance(node, str):
-        problem = credential_problem(key, node)
-        if problem is not None:
-            yield at, problem
-
-
-def _needs_lists(tasks: dict[str, Any]) -> Iterator[tuple[str, list[Any]]]:
-    for name, task in tasks.items():
-        if isinstance(task, dict) and isinstance(task.get("needs"), list):
-            yield name, task["needs"]
-
-
-def _needs_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
-    for name, needs in _needs_lists(tasks):
-        for index, need in enumerate(needs):
-            at: DocPath = ("tasks", name, "needs", index)
-            if need == name:
-                yield at, "a task cannot need itself"
-            elif isinstance(need, str) and need not in tasks:
-                yield at, f'unknown task "{need}"'
-
-
-def _duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
-    for name, task in tasks.items():
-        if not isinstance(task, dict):
-            continue
-        backoff = task.get("backoff")
-        places: list[tuple[DocPath, Any]] = [(("timeout",), task.get("timeout"))]
-        if isinstance(backoff, dict):
-            places += [(("backoff", key), backoff.get(key)) for key in ("initial", "max")]
-        for where, value in places:
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                try:
-                    parse_duration(value)
-                except ValueError as exc:
-                    yield ("tasks", name, *where), str(exc)
-
-
-def _batch_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
-    for index, trigger in enumerate(triggers):
-        batch = trigger.get("batch") if isinstance(trigger, dict) else None
-        if not isinstance(batch, dict):
-            continue
-        if "max_wait" not in batch and "quiet_for" not in batch:
-            yield (
-                ("triggers", index, "batch"),
-                "needs max_wait or quiet_for, so that every window closes",
-            )
-        for name in ("max_wait", "quiet_for"):
-            value = batch.get(name)
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                try:
-                    seconds = parse_duration(value)
-                except ValueError as exc:
-                    yield ("triggers", index, "batch", name), str(exc)
-                    continue
-                if seconds == 0:
-                    yield ("triggers", index, "batch", name), "must be more than 0"
-
-
-def _edges(tasks: dict[str, Any]) -> dict[str, list[str]]:
-    """Task -> the tasks it needs, keeping only needs that name another existing task."""
-    edges: dict[str, list[str]] = {name: [] for name in tasks}
-    for name, needs in _needs_lists(tasks):
-        edges[name] = [n for n in needs if isinstance(n, str) and n in tasks and n != name]
-    return edges
-
-
-def _cycles(tasks: dict[str, Any]) -> list[list[str]]:
-    """Each cycle found by a depth-first walk in file order, as ``[a, b, a]``."""
-    edges = _edges(tasks)
-    state: dict[str, str] = {}  # "open" while on the walk's stack, then "done"
-    stack: list[str] = []
-    cycles: list[list[str]] = []
-
-    def visit(name: str) -> None:
-        state[name] = "open"
-        stack.append(name)
-        for need in edges[name]:
-            if state.get(need) == "open":
-                cycles.append([*stack[stack.index(need) :], need])
-            elif need not in state:
-                visit(need)
-        stack.pop()
-        state[name] = "done"
-
-    for name in edges:
-        if name not in state:
-            visit(name)
-    return cycles
-
-
-def _topological(tasks: dict[str, Task]) -> tuple[Task, ...]:
-    """Kahn's algorithm; among ready tasks the one earliest in the file goes first."""
-    position = {name: index for index, name in enumerate(tasks)}
-    waiting = {name: set(task.needs) for name, task in tasks.items()}
-    needed_by: dict[str, list[str]] = {name: [] for name in tasks}
-    for name, task in tasks.items():
-        for need in task.needs:
-            needed_by[need].append(name)
-    ready = [position[name] for name, needs in waiting.items() if not needs]
-    heapq.heapify(ready)
-    names = list(tasks)
-    ordered: list[Task] = []
-    while ready:
-        name = names[heapq.heappop(ready)]
-        ordered.append(tasks[name])
-        for later in needed_by[name]:
-            waiting[later].discard(name)
-            if not waiting[later]:
-                heapq.heappush(ready, position[later])
-    return tuple(ordered)
-
-
-def _build(data: dict[str, Any], file: str) -> Pipeline:
-    """The model of a file that passed every check."""
-    tasks = {name: _task(name, spec) for name, spec in data["tasks"].items()}
-    return Pipeline(
-        name=data["name"],
-        triggers=tuple(_trigger(spec) for spec in data["triggers"]),
-        tasks=_topological(tasks),
-        file=file,
-        description=data.get("description", ""),
-    )
-
-
-def _trigger(spec: dict[str, Any]) -> Trigger:
-    conditions: list[Condition] = []
-    for dotted, test in spec.get("data", {}).items():
-        path = tuple(dotted.split("."))
-        operators = test if isinstance(test, dict) else {"eq": test}
-        for op, value in operators.items():
-            conditions.append(Condition(path, cast(Comparison, op), value))
-    return Trigger(
-        spec["type"],
-        spec.get("source"),
-        spec.get("subject"),
-        tuple(conditions),
-        _batching(spec["batch"]) if "batch" in spec else None,
-    )
-
-
-def _batching(spec: dict[str, Any]) -> Batching:
-    def seconds(name: str) -> float | None:
-        return parse_duration(spec[name]) if name in spec else None
-
-    return Batching(
-        spec.get("max_events"), seconds("max_wait"), seconds("quiet_for"), spec.get("key")
-    )
-
-
-def _task(name: str, spec: dict[str, Any]) -> Task:
-    given = spec.get("backoff", {})
-    backoff = {
-        "initial": parse_duration(given.get("initial", _DEFAULT_BACKOFF.initial)),
-        "maximum": parse_duration(given.get("max", _DEFAULT_BACKOFF.maximum)),
-        "multiplier": float(given.get("multiplier", _DEFAULT_BACKOFF.multiplier)),
-    }
-    timeout = spec.get("timeout")
-    return Task(
-        name=name,
-        kind="python" if "python" in spec else "command",
-        target=spec["python"] if "python" in spec else tuple(spec["command"]),
-        needs=tuple(spec.get("needs", ())),
-        retries=int(spec.get("retries", 0)),
-        backoff=Backoff(**backoff),
-        timeout=None if timeout is None else parse_duration(timeout),
-        route=spec.get("route", "default"),
-        params=spec.get("with", {}),
-    )

@@ -1,0 +1,141 @@
+"""Executing one task attempt: a Python callable or a command.
+
+A task receives a ``TaskContext`` (the trigger event, its upstream tasks' outputs, its
+``with`` params) and returns a JSON-serialisable output. Whatever goes wrong (an
+exception, a non-zero exit, a timeout, an output that is not JSON) becomes ``TaskFailed``
+with a message naming it; nothing else escapes ``execute``.
+
+- ``python: module:function``: sync functions run in a worker thread, async ones on the
+  loop; both are bounded by the task's ``timeout`` (a timed-out thread cannot be killed,
+  only abandoned: prefer async code or commands for work that may hang).
+- ``command: [...]``: run without a shell; the context arrives as JSON on stdin and in
+  ``HEADWATER_*`` variables; stdout is the output (parsed as JSON when it is JSON). On
+  timeout the process is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from headwater.runner.errors import TaskFailed
+from headwater.runner.model.pipeline import Task
+from headwater.runner.runs.windows import BATCH_TYPE
+
+_STDERR_TAIL = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a task sees. ``event`` is the trigger CloudEvent as a structured-mode dict."""
+
+    run_id: str
+    pipeline: str
+    task: str
+    attempt: int
+    event: dict[str, Any]
+    upstream: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Any:
+        """The trigger event's data."""
+        return self.event.get("data")
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events this run is for: a batching trigger's window, in order, or the
+        trigger event alone."""
+        if self.event.get("type") == BATCH_TYPE:
+            return list(self.event["data"]["events"])
+        return [self.event]
+
+
+_callables: dict[str, Callable[..., Any]] = {}
+
+
+def resolve_callable(target: str) -> Callable[..., Any]:
+    """Import ``module:function`` once; raises ``TaskFailed`` naming what is missing."""
+    if target in _callables:
+        return _callables[target]
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise TaskFailed(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    function: Callable[..., Any] | None = getattr(module, attr, None)
+    if function is None or not callable(function):
+        raise TaskFailed(f"{module_name!r} has no callable {attr!r}")
+    _callables[target] = function
+    return function
+
+
+async def execute(task: Task, context: TaskContext) -> Any:
+    """Run one attempt of ``task``; returns its output or raises ``TaskFailed``."""
+    try:
+        if task.kind == "python":
+            output = await asyncio.wait_for(_call(str(task.target), context), task.timeout)
+        else:
+            output = await _run_command(task, context)
+    except TimeoutError:
+        raise TaskFailed(f"timed out after {task.timeout:g}s") from None
+    except TaskFailed:
+        raise
+    except Exception as exc:
+        raise TaskFailed(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        orjson.dumps(output)
+    except TypeError as exc:
+        raise TaskFailed(f"output is not JSON-serialisable: {exc}") from None
+    return output
+
+
+async def _call(target: str, context: TaskContext) -> Any:
+    function = resolve_callable(target)
+    if inspect.iscoroutinefunction(function):
+        return await function(context)
+    return await asyncio.to_thread(function, context)
+
+
+async def _run_command(task: Task, context: TaskContext) -> Any:
+    argv = list(task.target)
+    env = {
+        **os.environ,
+        "HEADWATER_RUN_ID": context.run_id,
+        "HEADWATER_PIPELINE": context.pipeline,
+        "HEADWATER_TASK": context.task,
+        "HEADWATER_ATTEMPT": str(context.attempt),
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+    except OSError as exc:
+        raise TaskFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
+    try:
+        stdout, stderr = await asyncio.wait_for(
+            process.communicate(orjson.dumps(asdict(context))), task.timeout
+        )
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        tail = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
+        raise TaskFailed(f"command exited with status {process.returncode}: {tail}")
+    text = stdout.decode("utf-8", "replace").strip()
+    try:
+        return orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return text

@@ -1,0 +1,103 @@
+"""A validated pipeline file's plain data -> the ``Pipeline`` model. Pure.
+
+Called only on data the loader and ``checks`` found no problem with; tasks come out in
+topological order of ``needs`` (ready tasks in file order).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, cast
+
+from headwater.runner.durations import parse_duration
+from headwater.runner.flow.backoff import Backoff
+from headwater.runner.model.pipeline import (
+    Batching,
+    Comparison,
+    Condition,
+    Pipeline,
+    Task,
+    Trigger,
+)
+
+_DEFAULT_BACKOFF = Backoff()
+
+
+def _topological(tasks: dict[str, Task]) -> tuple[Task, ...]:
+    """Kahn's algorithm; among ready tasks the one earliest in the file goes first."""
+    position = {name: index for index, name in enumerate(tasks)}
+    waiting = {name: set(task.needs) for name, task in tasks.items()}
+    needed_by: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, task in tasks.items():
+        for need in task.needs:
+            needed_by[need].append(name)
+    ready = [position[name] for name, needs in waiting.items() if not needs]
+    heapq.heapify(ready)
+    names = list(tasks)
+    ordered: list[Task] = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        ordered.append(tasks[name])
+        for later in needed_by[name]:
+            waiting[later].discard(name)
+            if not waiting[later]:
+                heapq.heappush(ready, position[later])
+    return tuple(ordered)
+
+
+def build(data: dict[str, Any], file: str) -> Pipeline:
+    """The model of a file that passed every check."""
+    tasks = {name: _task(name, spec) for name, spec in data["tasks"].items()}
+    return Pipeline(
+        name=data["name"],
+        triggers=tuple(_trigger(spec) for spec in data["triggers"]),
+        tasks=_topological(tasks),
+        file=file,
+        description=data.get("description", ""),
+    )
+
+
+def _trigger(spec: dict[str, Any]) -> Trigger:
+    conditions: list[Condition] = []
+    for dotted, test in spec.get("data", {}).items():
+        path = tuple(dotted.split("."))
+        operators = test if isinstance(test, dict) else {"eq": test}
+        for op, value in operators.items():
+            conditions.append(Condition(path, cast(Comparison, op), value))
+    return Trigger(
+        spec["type"],
+        spec.get("source"),
+        spec.get("subject"),
+        tuple(conditions),
+        _batching(spec["batch"]) if "batch" in spec else None,
+    )
+
+
+def _batching(spec: dict[str, Any]) -> Batching:
+    def seconds(name: str) -> float | None:
+        return parse_duration(spec[name]) if name in spec else None
+
+    return Batching(
+        spec.get("max_events"), seconds("max_wait"), seconds("quiet_for"), spec.get("key")
+    )
+
+
+def _task(name: str, spec: dict[str, Any]) -> Task:
+    given = spec.get("backoff", {})
+    backoff = {
+        "initial": parse_duration(given.get("initial", _DEFAULT_BACKOFF.initial)),
+        "maximum": parse_duration(given.get("max", _DEFAULT_BACKOFF.maximum)),
+        "multiplier": float(given.get("multiplier", _DEFAULT_BACKOFF.multiplier)),
+    }
+    timeout = spec.get("timeout")
+    return Task(
+        name=name,
+        kind="python" if "python" in spec else "command",
+        target=spec["python"] if "python" in spec else tuple(spec["command"]),
+        needs=tuple(spec.get("needs", ())),
+        retries=int(spec.get("retries", 0)),
+        backoff=Backoff(**backoff),
+        timeout=None if timeout is None else parse_duration(timeout),
+        route=spec.get("route", "default"),
+        params=spec.get("with", {}),
+    )

@@ -1,0 +1,118 @@
+"""What a pipeline file's schema cannot say, checked on its plain data. Pure.
+
+Each check yields ``(path, message)`` for every problem it finds; the loader turns the
+path into a line of the file. Checked here: ``needs`` name other existing tasks, the
+tasks form a DAG (every cycle named), durations parse and are not zero where that makes
+no sense, a batching window can close, and no string is a literal credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from headwater.runner.durations import parse_duration
+from headwater.runner.model.schema_errors import DocPath
+from headwater.runner.secrets import credential_problem
+
+
+def credential_problems(
+    node: Any, at: DocPath = (), key: str = ""
+) -> Iterator[tuple[DocPath, str]]:
+    """Literal credentials among the string values, ``key`` being the nearest mapping key."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from credential_problems(value, (*at, name), name)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from credential_problems(item, (*at, index), key)
+    elif isinstance(node, str):
+        problem = credential_problem(key, node)
+        if problem is not None:
+            yield at, problem
+
+
+def _needs_lists(tasks: dict[str, Any]) -> Iterator[tuple[str, list[Any]]]:
+    for name, task in tasks.items():
+        if isinstance(task, dict) and isinstance(task.get("needs"), list):
+            yield name, task["needs"]
+
+
+def needs_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    for name, needs in _needs_lists(tasks):
+        for index, need in enumerate(needs):
+            at: DocPath = ("tasks", name, "needs", index)
+            if need == name:
+                yield at, "a task cannot need itself"
+            elif isinstance(need, str) and need not in tasks:
+                yield at, f'unknown task "{need}"'
+
+
+def duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    for name, task in tasks.items():
+        if not isinstance(task, dict):
+            continue
+        backoff = task.get("backoff")
+        places: list[tuple[DocPath, Any]] = [(("timeout",), task.get("timeout"))]
+        if isinstance(backoff, dict):
+            places += [(("backoff", key), backoff.get(key)) for key in ("initial", "max")]
+        for where, value in places:
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    yield ("tasks", name, *where), str(exc)
+
+
+def batch_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
+    for index, trigger in enumerate(triggers):
+        batch = trigger.get("batch") if isinstance(trigger, dict) else None
+        if not isinstance(batch, dict):
+            continue
+        if "max_wait" not in batch and "quiet_for" not in batch:
+            yield (
+                ("triggers", index, "batch"),
+                "needs max_wait or quiet_for, so that every window closes",
+            )
+        for name in ("max_wait", "quiet_for"):
+            value = batch.get(name)
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                try:
+                    seconds = parse_duration(value)
+                except ValueError as exc:
+                    yield ("triggers", index, "batch", name), str(exc)
+                    continue
+                if seconds == 0:
+                    yield ("triggers", index, "batch", name), "must be more than 0"
+
+
+def _edges(tasks: dict[str, Any]) -> dict[str, list[str]]:
+    """Task -> the tasks it needs, keeping only needs that name another existing task."""
+    edges: dict[str, list[str]] = {name: [] for name in tasks}
+    for name, needs in _needs_lists(tasks):
+        edges[name] = [n for n in needs if isinstance(n, str) and n in tasks and n != name]
+    return edges
+
+
+def cycles(tasks: dict[str, Any]) -> list[list[str]]:
+    """Each cycle found by a depth-first walk in file order, as ``[a, b, a]``."""
+    edges = _edges(tasks)
+    state: dict[str, str] = {}  # "open" while on the walk's stack, then "done"
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        stack.append(name)
+        for need in edges[name]:
+            if state.get(need) == "open":
+                cycles.append([*stack[stack.index(need) :], need])
+            elif need not in state:
+                visit(need)
+        stack.pop()
+        state[name] = "done"
+
+    for name in edges:
+        if name not in state:
+            visit(name)
+    return cycles

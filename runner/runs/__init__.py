@@ -1,0 +1,8 @@
+"""Runs: the run state machine, batching windows, the run table that applies control
+messages, its changelog, timers and the completion event.
+
+Everything here but ``changelog.restore`` and ``timers`` is pure (clock and randomness are
+injected): unit-tested without Kafka. What must hold: a run is a fold over its control
+messages; applying the same messages again causes nothing twice; one completion per run.
+Depends on ``model``, ``log`` and the base layer.
+"""

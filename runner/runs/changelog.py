@@ -1,0 +1,56 @@
+"""The run table's changelog: one compacted record per run or open window, per partition.
+
+The ``runs`` topic has as many partitions as ``control``, and a run's (or window's)
+record is written to the partition of the control partition that owns it, so restoring
+one control partition reads one changelog partition. Keys are the run id, or
+``window:`` + the window key (run ids are UUIDs, so they never clash); a ``None`` value is
+a tombstone (a closed window, an expired marker). What must hold: folding the records in
+order gives back the table the last committed transaction left.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from headwater.runner.log.reader import read_partition
+from headwater.runner.runs.machine import Run
+from headwater.runner.runs.table import Partition, marker
+from headwater.runner.runs.windows import Window
+from headwater.runner.settings import Settings
+
+WINDOW_PREFIX = "window:"
+
+
+def run_record(run: Run) -> tuple[bytes, bytes]:
+    return run.run_id.encode(), orjson.dumps(run.to_json())
+
+
+def window_record(key: str, window: Window | None) -> tuple[bytes, bytes | None]:
+    value = None if window is None else orjson.dumps(window.to_json())
+    return (WINDOW_PREFIX + key).encode(), value
+
+
+def fold(table: Partition, key: bytes, value: bytes | None) -> None:
+    """Apply one changelog record to ``table`` (finished runs are kept as markers)."""
+    name = key.decode()
+    if name.startswith(WINDOW_PREFIX):
+        name = name[len(WINDOW_PREFIX) :]
+        if value is None:
+            table.windows.pop(name, None)
+        else:
+            table.windows[name] = Window.from_json(orjson.loads(value))
+    elif value is None:
+        table.runs.pop(name, None)
+    else:
+        run = Run.from_json(orjson.loads(value))
+        table.runs[run.run_id] = marker(run) if run.status != "running" else run
+
+
+async def restore(settings: Settings, partition: int) -> Partition:
+    """A partition's table from its changelog (expired markers too: the first sweep after
+    the restore deletes them)."""
+    table = Partition()
+    async for records in read_partition(settings, settings.topics.runs, partition):
+        for record in records:
+            fold(table, record.key, record.value)
+    return table

@@ -1,0 +1,249 @@
+"""The run table: the runs and open batching windows of the control partitions a process
+owns, and what one control message changes in them. Pure, no I/O.
+
+``RunTable.apply`` folds one decoded control message into its partition and records in
+``Changes`` what changed (for the changelog) and what it causes: task requests, the run
+requests of closed windows, completions, timers and observer notes, in the order they
+arose. The control processor writes all of it in one Kafka transaction and calls
+``committed`` once that committed. What must always hold:
+
+- a message that cannot be applied changes nothing and returns why (it goes to the DLQ);
+- a finished run is kept only as a marker (enough to refuse a duplicate trigger), and
+  only after the commit; a marker leaves memory after ``retention``, swept per partition
+  (``MarkersDue``) with a tombstone for the changelog;
+- after any error the processor drops the table and restores it from the changelog, so
+  what it holds never outlives an aborted transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from headwater.runner.log.records import (
+    Control,
+    Due,
+    EventsBatched,
+    MarkersDue,
+    RetryDue,
+    RunRequested,
+    TaskFinished,
+    WindowDue,
+    encode_task_request,
+)
+from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.runs import windows
+from headwater.runner.runs.machine import (
+    Dispatch,
+    Finish,
+    Run,
+    ScheduleRetry,
+    TaskRecord,
+    expired_markers,
+    step,
+)
+from headwater.runner.runs.windows import Window
+
+SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short retentions)
+
+
+@dataclass
+class Partition:
+    """What one control partition holds: its runs (and markers) and its open windows."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
+
+
+# --- what applying messages causes, in the order it arose --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """A task request for the workers of ``route``, keyed by its run id."""
+
+    route: str
+    run_id: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    run: Run
+
+
+Output = Dispatched | Completed | RunRequested  # RunRequested: a closed window's run
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """An observer hook to call after the commit: ``started``, ``task`` or ``finished``."""
+
+    hook: Literal["started", "task", "finished"]
+    run: Run
+    task: str = ""
+    record: TaskRecord | None = None
+
+
+@dataclass
+class Changes:
+    """What a batch of control messages changed and caused."""
+
+    runs: dict[str, tuple[int, Run]] = field(default_factory=dict)
+    windows: dict[str, tuple[int, Window | None]] = field(default_factory=dict)
+    outputs: list[Output] = field(default_factory=list)
+    expired: list[tuple[int, str]] = field(default_factory=list)
+    timers: list[tuple[int, Due, float]] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+class RunTable:
+    def __init__(
+        self,
+        pipelines: Mapping[str, Pipeline],
+        retention: float,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+    ) -> None:
+        self._pipelines = pipelines
+        self._retention = retention
+        self._clock = clock
+        self._rand = rand
+        self._partitions: dict[int, Partition] = {}
+
+    def has(self, partition: int) -> bool:
+        return partition in self._partitions
+
+    def forget(self, partition: int) -> None:
+        self._partitions.pop(partition, None)
+
+    def clear(self) -> None:
+        self._partitions.clear()
+
+    def restore(self, partition: int, restored: Partition) -> Iterator[tuple[Due, float]]:
+        """Take a partition as read from its changelog; yields the timers to arm again."""
+        self._partitions[partition] = restored
+        for run in restored.runs.values():
+            for name, task in run.tasks.items():
+                if run.status == "running" and task.status == "retry_wait":
+                    yield RetryDue(run.run_id, name, task.attempt), task.retry_at or self._clock()
+        for window in restored.windows.values():
+            pipeline = self._pipelines.get(window.pipeline)
+            spec = pipeline.batch_of(window.trigger) if pipeline else None
+            if spec is not None:
+                yield WindowDue(window.window, window.opened_at), window.deadline(spec)
+        yield MarkersDue(partition), self._clock() + self.sweep_every()
+
+    def sweep_every(self) -> float:
+        return min(SWEEP_EVERY, self._retention / 4)
+
+    def apply(self, partition: int, message: Control, changes: Changes) -> str | None:
+        """Fold one message into ``partition``; returns why it cannot be applied."""
+        table = self._partitions[partition]
+        if isinstance(message, MarkersDue):
+            self._sweep(partition, table, changes)
+            return None
+        if isinstance(message, EventsBatched | WindowDue):
+            return self._apply_window(message, partition, table, changes)
+        return self._apply_run(message, partition, table, changes)
+
+    def committed(self, changes: Changes) -> None:
+        """The batch's transaction committed: finished runs become markers, expired
+        markers leave memory."""
+        for partition, run in changes.runs.values():
+            if run.status != "running":
+                self._partitions[partition].runs[run.run_id] = marker(run)
+        for partition, run_id in changes.expired:
+            self._partitions[partition].runs.pop(run_id, None)
+
+    def _apply_window(
+        self,
+        message: EventsBatched | WindowDue,
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> str | None:
+        window = table.windows.get(message.window)
+        if isinstance(message, EventsBatched):
+            name, position = message.pipeline, message.trigger
+        elif window is not None and window.opened_at == message.opened_at:
+            name, position = window.pipeline, window.trigger
+        else:
+            return None  # the timer of a window that closed already
+        pipeline = self._pipelines.get(name)
+        spec = pipeline.batch_of(position) if pipeline else None
+        if spec is None:
+            return f"pipeline {name!r} has no batching trigger #{position} in this runner"
+        if isinstance(message, EventsBatched):
+            fold = windows.add(window, message, spec, self._clock())
+        else:
+            fold = windows.due(window, message, spec, self._clock())
+        if fold.window is None:
+            table.windows.pop(message.window, None)
+        else:
+            table.windows[message.window] = fold.window
+        if fold.window is not window or isinstance(message, EventsBatched):
+            changes.windows[message.window] = (partition, fold.window)
+        if fold.window is not None and fold.check_at is not None:
+            due = WindowDue(message.window, fold.window.opened_at)
+            changes.timers.append((partition, due, fold.check_at))
+        changes.outputs.extend(fold.runs)  # each lives in the partition of its own id
+        return None
+
+    def _apply_run(
+        self,
+        message: RunRequested | TaskFinished | RetryDue,
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> str | None:
+        run = table.runs.get(message.run_id)
+        name = message.pipeline if isinstance(message, RunRequested) else run and run.pipeline
+        pipeline = self._pipelines.get(name) if name else None
+        if pipeline is None:
+            if isinstance(message, RunRequested):
+                return f"pipeline {message.pipeline!r} is not loaded by this runner"
+            return f"run {message.run_id} is not in the run table"
+        transition = step(run, message, pipeline, self._clock(), self._rand())
+        new = transition.run
+        if not transition.applied or new is None:
+            return None
+        table.runs[new.run_id] = new
+        changes.runs[new.run_id] = (partition, new)
+        if run is None:
+            changes.notes.append(Note("started", new))
+        if isinstance(message, TaskFinished) and message.task in new.tasks:
+            changes.notes.append(Note("task", new, message.task, new.tasks[message.task]))
+        for effect in transition.effects:
+            match effect:
+                case Dispatch(task=task_name, attempt=attempt):
+                    value = encode_task_request(
+                        new.run_id,
+                        new.pipeline,
+                        task_name,
+                        attempt,
+                        new.event,
+                        new.upstream_outputs(pipeline, task_name),
+                    )
+                    route = pipeline.task(task_name).route
+                    changes.outputs.append(Dispatched(route, new.run_id, value))
+                case ScheduleRetry(task=task_name, attempt=attempt, at=at):
+                    changes.timers.append((partition, RetryDue(new.run_id, task_name, attempt), at))
+                case Finish():
+                    changes.outputs.append(Completed(new))
+                    changes.notes.append(Note("finished", new))
+        return None
+
+    def _sweep(self, partition: int, table: Partition, changes: Changes) -> None:
+        """Expire the partition's old markers (from memory once committed) and arm the
+        next sweep."""
+        now = self._clock()
+        for run_id in expired_markers(table.runs, now, self._retention):
+            changes.expired.append((partition, run_id))
+        changes.timers.append((partition, MarkersDue(partition), now + self.sweep_every()))
+
+
+def marker(run: Run) -> Run:
+    """What is kept of a finished run: enough to refuse a duplicate trigger."""
+    return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})
