@@ -32,10 +32,7 @@ from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
-    Due,
-    MarkersDue,
     RunRequested,
-    WindowDue,
     concerns,
     decode_control,
     dlq_record,
@@ -70,7 +67,7 @@ class ControlProcessor:
         self._producer = producer
         self._observer = observer
         self._table = RunTable(pipelines, settings.dedup_retention, clock, rand)
-        self._timers = Timers(self._publish, clock)
+        self._timers = Timers(producer, settings.topics.control, clock)
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None
 
@@ -161,15 +158,6 @@ class ControlProcessor:
             self._timers.arm(partition, due, at)
         for note in changes.notes:
             hooks.tell(self._observer, note)
-
-    async def _publish(self, partition: int, due: Due) -> None:
-        """A timer went off: its message goes to the partition it is for."""
-        value = encode_control(due)
-        if isinstance(due, MarkersDue):  # for the partition itself, not for a key
-            await self._producer.send_and_wait(self._topics.control, value, partition=partition)
-        else:
-            key = due.window if isinstance(due, WindowDue) else due.run_id
-            await self._producer.send_and_wait(self._topics.control, value, key=key.encode())
 
     # --- partition assignment ------------------------------------------------------------
 

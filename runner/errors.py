@@ -28,6 +28,15 @@ class KafkaUnavailable(HeadwaterError):
     retriable = True
 
 
+class KafkaFailed(HeadwaterError):
+    """An aiokafka error that reached a component, wrapped once at the edge (``log.kafka``);
+    ``retriable`` is aiokafka's own verdict, the original error is the ``__cause__``."""
+
+    def __init__(self, message: str, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
 class BadMessage(HeadwaterError):
     """A message that can never become a valid event; it goes to the DLQ with this reason."""
 

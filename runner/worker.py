@@ -157,34 +157,33 @@ class Worker:
             running.discard(task)
             room.set()
 
-        await consumer.start()
-        reporter = asyncio.create_task(self._report(consumer, uncommitted, finished, room))
-        try:
-            while not stopping.is_set():
-                if len(running) >= MAX_RUNNING or len(uncommitted) >= MAX_UNCOMMITTED:
-                    room.clear()
-                    await _wait(room, 0.2)
+        async with kafka.started(consumer):
+            reporter = asyncio.create_task(self._report(consumer, uncommitted, finished, room))
+            try:
+                while not stopping.is_set():
+                    if len(running) >= MAX_RUNNING or len(uncommitted) >= MAX_UNCOMMITTED:
+                        room.clear()
+                        await _wait(room, 0.2)
+                        _raise_if_failed(reporter)
+                        continue
+                    batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                     _raise_if_failed(reporter)
-                    continue
-                batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
-                _raise_if_failed(reporter)
-                for tp, records in batch.items():
-                    for record in records:
-                        if uncommitted.add(tp, record.offset):
-                            task = asyncio.create_task(attempt(tp, record))
-                            running.add(task)
-                            task.add_done_callback(done)
-            if running:  # stopping: let running tasks report, within a grace
-                await asyncio.wait(list(running), timeout=STOP_DRAIN_S)
-            for task in list(running):
-                task.cancel()
-            finished.put_nowait(None)
-            await reporter
-        finally:
-            for task in [*running, reporter]:
-                task.cancel()
-            await asyncio.gather(*running, reporter, return_exceptions=True)
-            await consumer.stop()
+                    for tp, records in batch.items():
+                        for record in records:
+                            if uncommitted.add(tp, record.offset):
+                                task = asyncio.create_task(attempt(tp, record))
+                                running.add(task)
+                                task.add_done_callback(done)
+                if running:  # stopping: let running tasks report, within a grace
+                    await asyncio.wait(list(running), timeout=STOP_DRAIN_S)
+                for task in list(running):
+                    task.cancel()
+                finished.put_nowait(None)
+                await reporter
+            finally:
+                for task in [*running, reporter]:
+                    task.cancel()
+                await asyncio.gather(*running, reporter, return_exceptions=True)
 
     async def _report(
         self,

@@ -17,10 +17,15 @@ from typing import Any
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import murmur2
 
-from headwater.runner.errors import KafkaUnavailable
+from headwater.runner.errors import KafkaFailed, KafkaUnavailable
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,12 +172,18 @@ async def commit(consumer: Any, offsets: dict[Any, int]) -> bool:
 
 @contextlib.asynccontextmanager
 async def started(*clients: Any) -> AsyncIterator[None]:
-    """Start Kafka clients in order and stop them in reverse order, whatever happens."""
-    async with contextlib.AsyncExitStack() as stack:
-        for client in clients:
-            await client.start()
-            stack.push_async_callback(client.stop)
-        yield
+    """Start Kafka clients in order and stop them in reverse order, whatever happens. An
+    aiokafka error that escapes the block is wrapped into headwater's error root here,
+    once (``KafkaFailed``, retriable as aiokafka says)."""
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await client.start()
+                stack.push_async_callback(client.stop)
+            yield
+    except KafkaError as exc:
+        retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
+        raise KafkaFailed(f"{type(exc).__name__}: {exc}", retriable) from exc
 
 
 Partitions = Callable[[list[TopicPartition]], Awaitable[None]]

@@ -59,12 +59,16 @@ def expired_markers(runs: Mapping[str, Run], now: float, retention: float) -> li
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
+    """Send ``task``'s request (attempt ``attempt``) to its route's workers."""
+
     task: str
     attempt: int
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleRetry:
+    """Arm a timer: ``task`` is due again at ``at`` (a ``RetryDue`` then)."""
+
     task: str
     attempt: int
     at: float
@@ -72,6 +76,8 @@ class ScheduleRetry:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
+    """The run ended: publish its completion."""
+
     status: RunStatus
 
 

@@ -70,6 +70,8 @@ class Dispatched:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
+    """A finished run whose completion event is to be published."""
+
     run: Run
 
 

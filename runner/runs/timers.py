@@ -1,6 +1,6 @@
 """The control processor's timers: retries due, batching windows due, marker sweeps.
 
-A timer that goes off writes its ``Due`` message to ``control`` (``publish``), so it is
+A timer that goes off writes its ``Due`` message to ``control``, so it is
 applied in order with the partition's other messages, in a transaction; a timer is
 therefore only a hint, and a lost one is armed again by the next restore. What must hold:
 a partition's timers die with its assignment (``forget``); a failed publish is tried
@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 from headwater.runner.flow.backoff import Backoff
-from headwater.runner.log.records import Due, MarkersDue
+from headwater.runner.log.records import Due, MarkersDue, WindowDue, encode_control
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,9 @@ REPUBLISH = Backoff(initial=1.0, maximum=1.0, jitter=0.0)
 
 
 class Timers:
-    def __init__(
-        self,
-        publish: Callable[[int, Due], Awaitable[None]],
-        clock: Callable[[], float],
-    ) -> None:
-        self._publish = publish
+    def __init__(self, producer: Any, control: str, clock: Callable[[], float]) -> None:
+        self._producer = producer
+        self._control = control
         self._clock = clock
         self._handles: dict[int, set[asyncio.TimerHandle]] = {}
         self._sweeps: dict[int, asyncio.TimerHandle] = {}
@@ -62,6 +60,15 @@ class Timers:
                 previous.cancel()
                 handles.discard(previous)
             self._sweeps[partition] = handle
+
+    async def _publish(self, partition: int, due: Due) -> None:
+        """The message goes to the partition it is for: a run's or window's by its key."""
+        value = encode_control(due)
+        if isinstance(due, MarkersDue):  # for the partition itself, not for a key
+            await self._producer.send_and_wait(self._control, value, partition=partition)
+        else:
+            key = due.window if isinstance(due, WindowDue) else due.run_id
+            await self._producer.send_and_wait(self._control, value, key=key.encode())
 
     def _fire(self, partition: int, due: Due) -> None:
         task = asyncio.ensure_future(self._send(partition, due))

@@ -1,0 +1,119 @@
+"""The run table without Kafka: what one control message changes and causes, what a
+commit keeps, the changelog's round trip, and the one backoff schedule's loops."""
+
+from __future__ import annotations
+
+import orjson
+
+from headwater.runner.flow.backoff import Backoff, Retry
+from headwater.runner.log.records import (
+    EventsBatched,
+    MarkersDue,
+    RetryDue,
+    RunRequested,
+    TaskFinished,
+    concerns,
+    decode_task_request,
+)
+from headwater.runner.model.pipeline import Batching, Pipeline, Task, Trigger
+from headwater.runner.runs import changelog
+from headwater.runner.runs.table import Changes, Completed, Dispatched, Partition, RunTable
+
+PIPELINE = Pipeline(
+    "p",
+    (Trigger("t"), Trigger("b", batch=Batching(max_events=2, max_wait=5.0))),
+    (Task("a", "python", "m:a", route="gpu", retries=1), Task("b", "python", "m:b", needs=("a",))),
+)
+NOW = 1_000.0
+
+
+def table(retention: float = 3600.0) -> RunTable:
+    t = RunTable({"p": PIPELINE}, retention, clock=lambda: NOW, rand=lambda: 0.5)
+    list(t.restore(0, Partition()))
+    return t
+
+
+def finished(task: str, ok: bool = True, attempt: int = 1) -> TaskFinished:
+    return TaskFinished("r1", task, attempt, ok, output={"n": 1} if ok else None)
+
+
+def test_a_requested_run_dispatches_its_first_task_to_its_route() -> None:
+    t, changes = table(), Changes()
+    assert t.apply(0, RunRequested("r1", "p", {"id": "e1"}), changes) is None
+    [output] = changes.outputs
+    assert isinstance(output, Dispatched) and output.route == "gpu" and output.run_id == "r1"
+    request = decode_task_request(output.value)
+    assert request["task"] == "a" and request["attempt"] == 1 and request["event"] == {"id": "e1"}
+    assert [note.hook for note in changes.notes] == ["started"]
+    assert list(changes.runs) == ["r1"]
+
+
+def test_a_duplicate_request_changes_and_causes_nothing() -> None:
+    t = table()
+    t.apply(0, RunRequested("r1", "p", {"id": "e1"}), Changes())
+    again = Changes()
+    assert t.apply(0, RunRequested("r1", "p", {"id": "e1"}), again) is None
+    assert again == Changes()
+
+
+def test_a_failure_schedules_a_retry_and_success_finishes_after_the_commit() -> None:
+    t, changes = table(), Changes()
+    t.apply(0, RunRequested("r1", "p", {}), changes)
+    t.apply(0, finished("a", ok=False), changes)
+    [(partition, due, at)] = changes.timers
+    assert partition == 0 and due == RetryDue("r1", "a", 1) and at > NOW
+    t.apply(0, due, changes)
+    t.apply(0, finished("a", attempt=2), changes)
+    t.apply(0, finished("b"), changes)
+    assert isinstance(changes.outputs[-1], Completed)
+    assert [n.hook for n in changes.notes][-1] == "finished"
+    t.committed(changes)
+    restored = Partition()  # the changelog record of the finished run restores a marker
+    key, value = changelog.run_record(changes.runs["r1"][1])
+    changelog.fold(restored, key, value)
+    assert restored.runs["r1"].tasks == {} and restored.runs["r1"].status == "succeeded"
+
+
+def test_messages_that_cannot_be_applied_say_why() -> None:
+    t = table()
+    assert "not loaded" in (t.apply(0, RunRequested("r9", "gone", {}), Changes()) or "")
+    assert "not in the run table" in (t.apply(0, finished("a"), Changes()) or "")
+    batch = EventsBatched("w", "p", 0, None, [{"id": "1", "source": "/s"}])
+    assert "no batching trigger #0" in (t.apply(0, batch, Changes()) or "")
+    assert concerns(batch) == {"window": "w"} and concerns(finished("a")) == {"run_id": "r1"}
+
+
+def test_a_full_window_becomes_a_run_request_and_its_changelog_tombstone() -> None:
+    t, changes = table(), Changes()
+    events = [{"id": str(i), "source": "/s"} for i in range(2)]
+    t.apply(0, EventsBatched("w", "p", 1, None, events), changes)
+    [request] = changes.outputs
+    assert isinstance(request, RunRequested) and request.pipeline == "p"
+    assert changes.windows == {"w": (0, None)}
+    key, value = changelog.window_record("w", None)
+    assert key == b"window:w" and value is None
+
+
+def test_the_sweep_expires_old_markers_only_once_committed() -> None:
+    t = table(retention=100.0)
+    restored = Partition()
+    old = {"run_id": "old", "pipeline": "p", "event": {}, "created_at": 0.0}
+    record = {**old, "status": "succeeded", "finished_at": NOW - 500, "tasks": {}}
+    changelog.fold(restored, b"old", orjson.dumps(record))
+    list(t.restore(0, restored))
+    changes = Changes()
+    t.apply(0, MarkersDue(0), changes)
+    assert changes.expired == [(0, "old")]
+    assert changes.timers[0][1] == MarkersDue(0) and changes.timers[0][2] == NOW + 25.0
+    assert t.apply(0, RunRequested("old", "p", {}), Changes()) is None  # still a marker
+    t.committed(changes)
+    fresh = Changes()
+    t.apply(0, RunRequested("old", "p", {}), fresh)
+    assert list(fresh.runs) == ["old"]
+
+
+def test_retry_counts_consecutive_failures_on_one_schedule() -> None:
+    retry = Retry(Backoff(initial=0.5, maximum=2.0, jitter=0.0), rand=lambda: 0.5)
+    assert [retry.failed() for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
+    retry.succeeded()
+    assert retry.failed() == 0.5
