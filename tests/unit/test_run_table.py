@@ -117,3 +117,34 @@ def test_retry_counts_consecutive_failures_on_one_schedule() -> None:
     assert [retry.failed() for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
     retry.succeeded()
     assert retry.failed() == 0.5
+
+
+class _Client:
+    def __init__(self, log: list[str], name: str) -> None:
+        self._log, self._name = log, name
+
+    async def start(self) -> None:
+        self._log.append(f"start {self._name}")
+
+    async def stop(self) -> None:
+        self._log.append(f"stop {self._name}")
+
+
+async def test_clients_stop_in_reverse_and_kafka_errors_are_wrapped_once() -> None:
+    import pytest
+    from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+
+    from headwater.runner.errors import KafkaFailed, retriable
+    from headwater.runner.log import kafka
+
+    calls: list[str] = []
+    with pytest.raises(KafkaFailed) as caught:
+        async with kafka.started(_Client(calls, "producer"), _Client(calls, "consumer")):
+            raise KafkaConnectionError("broker gone")
+    assert calls == ["start producer", "start consumer", "stop consumer", "stop producer"]
+    assert retriable(caught.value) and isinstance(caught.value.__cause__, KafkaConnectionError)
+    with pytest.raises(KafkaFailed) as caught:
+        async with kafka.started():
+            raise UnknownTopicOrPartitionError()
+    assert retriable(caught.value) is UnknownTopicOrPartitionError.retriable
+    assert not retriable(ValueError("a bug")) and retriable(ConnectionResetError())
