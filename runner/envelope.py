@@ -142,14 +142,14 @@ def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
     attrs: dict[str, Any] = {}
     content_type = None
     for name, raw in headers or ():
-        if name[:3] == "ce_":  # the binding's spelling; other cases are rare
-            attrs[name[3:].lower()] = raw.decode("utf-8", "replace")
-            continue
-        lowered = name.lower()
-        if lowered.startswith("ce_"):
-            attrs[lowered[3:]] = raw.decode("utf-8", "replace")
+        lowered = name if name[:3] == "ce_" else name.lower()  # ce_ is the usual spelling
+        if lowered[:3] == "ce_":
+            attribute = lowered[3:]
+            if attribute in attrs:
+                raise BadMessage(f"header {name!r} appears more than once")
+            attrs[attribute] = _header_text(name, raw)
         elif lowered == "content-type":
-            content_type = raw.decode("utf-8", "replace")
+            content_type = _header_text(name, raw)
     if not attrs:  # structured mode: the whole event is the value
         return CloudEvent.from_dict(_loads(value, "structured CloudEvent"))
     if content_type is not None:
@@ -160,6 +160,16 @@ def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
         else:
             attrs["data"] = value.decode("utf-8", "replace")
     return CloudEvent.from_dict(attrs)
+
+
+def _header_text(name: str, raw: Any) -> str:
+    """A header's value as text; ``BadMessage`` for a null or non-UTF-8 one."""
+    if raw is None:
+        raise BadMessage(f"header {name!r} has no value (null)")
+    try:
+        return str(raw.decode("utf-8"))
+    except (UnicodeDecodeError, AttributeError):
+        raise BadMessage(f"header {name!r} is not UTF-8 text") from None
 
 
 def _loads(value: bytes | None, what: str) -> Any:

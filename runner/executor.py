@@ -28,6 +28,7 @@ import orjson
 from headwater.runner.errors import TaskFailed
 from headwater.runner.model.pipeline import Task
 from headwater.runner.runs.windows import BATCH_TYPE
+from headwater.runner.settings import MAX_OUTPUT_BYTES
 
 _STDERR_TAIL = 2000
 
@@ -77,8 +78,15 @@ def resolve_callable(target: str) -> Callable[..., Any]:
     return function
 
 
-async def execute(task: Task, context: TaskContext) -> Any:
-    """Run one attempt of ``task``; returns its output or raises ``TaskFailed``."""
+async def execute(
+    task: Task, context: TaskContext, max_output_bytes: int = MAX_OUTPUT_BYTES
+) -> Any:
+    """Run one attempt of ``task``; returns its output or raises ``TaskFailed``.
+
+    The output travels in Kafka records (the result, the run's changelog record, the
+    requests of the tasks that need it, the completion), so one over ``max_output_bytes``
+    (encoded as JSON) fails the attempt with the size, the limit and what to do instead.
+    """
     try:
         if task.kind == "python":
             output = await asyncio.wait_for(_call(str(task.target), context), task.timeout)
@@ -91,17 +99,30 @@ async def execute(task: Task, context: TaskContext) -> Any:
     except Exception as exc:
         raise TaskFailed(f"{type(exc).__name__}: {exc}") from exc
     try:
-        orjson.dumps(output)
+        size = len(orjson.dumps(output))
     except TypeError as exc:
         raise TaskFailed(f"output is not JSON-serialisable: {exc}") from None
+    if size > max_output_bytes:
+        raise TaskFailed(
+            f"output is {size:,} bytes, over the limit of {max_output_bytes:,} bytes "
+            "(HEADWATER_MAX_OUTPUT_BYTES); write the data to object storage and return "
+            "a reference to it (e.g. its URL) instead"
+        )
     return output
 
 
 async def _call(target: str, context: TaskContext) -> Any:
     function = resolve_callable(target)
-    if inspect.iscoroutinefunction(function):
-        return await function(context)
-    return await asyncio.to_thread(function, context)
+    try:
+        if inspect.iscoroutinefunction(function):
+            return await function(context)
+        return await asyncio.to_thread(function, context)
+    except asyncio.CancelledError:
+        raise  # the worker is stopping, or the attempt timed out
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the attempt only
+        # Caught here, in the task the call runs in: asyncio hands SystemExit and
+        # KeyboardInterrupt that leave a task to the event loop, which stops the process.
+        raise TaskFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 async def _run_command(task: Task, context: TaskContext) -> Any:

@@ -100,9 +100,10 @@ class EventRouter:
             for record in records:
                 try:
                     event = from_kafka(record.headers, record.value)
-                except BadMessage as exc:
+                except Exception as exc:  # noqa: BLE001 - no record may stop the stream
+                    reason = str(exc) if isinstance(exc, BadMessage) else _undecodable(exc)
                     origin = record_origin(record)
-                    value = dlq_record(str(exc), origin, record.value, record.headers)
+                    value = dlq_record(reason, origin, record.value, record.headers)
                     writes.append((self._topics.dlq, value, None, None))
                     continue
                 for match in self._index.matches(event):
@@ -119,6 +120,10 @@ class EventRouter:
 
 
 _Write = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+
+
+def _undecodable(exc: Exception) -> str:
+    return f"record cannot be read as a CloudEvent ({type(exc).__name__}: {exc})"
 
 
 @dataclass

@@ -18,6 +18,8 @@ from headwater.runner.secrets import resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
+MAX_OUTPUT_BYTES = 256 * 1024
+MAX_OUTPUT_CEILING = 768 * 1024
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,8 @@ class Settings:
     #: how long a finished run's marker is kept: a trigger event seen again within it
     #: starts nothing; after it, the marker is deleted (memory and changelog)
     dedup_retention: float = DEDUP_RETENTION
+    #: the largest task output (encoded JSON) a task may return; a larger one fails it
+    max_output_bytes: int = MAX_OUTPUT_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -146,9 +150,16 @@ class Settings:
             raise ConfigError(f"HEADWATER_DEDUP_RETENTION: {exc}") from None
         if dedup_retention <= 0:
             raise ConfigError("HEADWATER_DEDUP_RETENTION: must be longer than 0")
+        max_output = env.get("HEADWATER_MAX_OUTPUT_BYTES", str(MAX_OUTPUT_BYTES))
+        if not max_output.isdigit() or not 0 < int(max_output) <= MAX_OUTPUT_CEILING:
+            raise ConfigError(
+                f"HEADWATER_MAX_OUTPUT_BYTES: {max_output!r} is not a byte count from 1 to "
+                f"{MAX_OUTPUT_CEILING} (a task output must fit a Kafka record with room to spare)"
+            )
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
             instance=env.get("HEADWATER_INSTANCE") or socket.gethostname(),
             dedup_retention=dedup_retention,
+            max_output_bytes=int(max_output),
         )

@@ -46,6 +46,8 @@ MAX_UNCOMMITTED = 50_000
 #: On stop, how long running tasks may still finish and report before they are
 #: abandoned (their requests are executed again by the partition's next owner).
 STOP_DRAIN_S = 10.0
+#: A failed attempt's error text is cut to this (an exception's message can be huge).
+MAX_ERROR_CHARS = 4000
 
 _Write = tuple[str, bytes, bytes | None]
 _Report = tuple[TopicPartition, int, _Write]
@@ -237,9 +239,10 @@ class Worker:
         async with slots:
             started = time.time()
             try:
-                output, error, ok = await execute(task, context), None, True
+                output = await execute(task, context, self._settings.max_output_bytes)
+                error, ok = None, True
             except TaskFailed as exc:
-                output, error, ok = None, str(exc), False
+                output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False
         result = TaskFinished(
             run_id=context.run_id,
             task=task.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +171,7 @@ def dlq_record(
     reason: str,
     origin: dict[str, Any],
     payload: bytes | None,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: Sequence[tuple[str, bytes | None]] | None = None,
 ) -> bytes:
     """A DLQ entry: why, where from (source + message id, or topic/partition/offset), what.
 
@@ -183,5 +184,7 @@ def dlq_record(
     except UnicodeDecodeError:
         record["payload_base64"] = base64.b64encode(raw).decode()
     if headers:
-        record["headers"] = {k: v.decode("utf-8", "replace") for k, v in headers}
+        record["headers"] = {
+            k: None if v is None else bytes(v).decode("utf-8", "replace") for k, v in headers
+        }
     return orjson.dumps(record)
