@@ -91,6 +91,24 @@ _KINDS: dict[str, type[Control]] = {
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
+#: The declared type of every field of every control message, as written in its class.
+_TYPES = {cls: {f.name: str(f.type) for f in dataclasses.fields(cls)} for cls in _KINDS.values()}
+_PLAIN_TYPES: dict[str, Any] = {
+    "str": str,
+    "bool": bool,
+    "str | None": (str, type(None)),
+    "dict[str, Any]": dict,
+}
+_TYPE_NAMES = {
+    "Any": "any JSON value",
+    "int": "an integer",
+    "float": "a number",
+    "list[dict[str, Any]]": "a list of objects",
+    "str": "a string",
+    "bool": "true or false",
+    "str | None": "a string or null",
+    "dict[str, Any]": "an object",
+}
 
 
 def concerns(message: Control) -> dict[str, str]:
@@ -115,13 +133,39 @@ def decode_control(value: bytes | None) -> Control:
         raise BadMessage(f"control message is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadMessage("control message must be a JSON object")
-    cls = _KINDS.get(obj.pop("kind", None))
+    kind = obj.pop("kind", None)
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise BadMessage(f"control message has unknown kind; expected one of {sorted(_KINDS)}")
+    _check_fields(f"control message {kind}", obj, _TYPES[cls])
     try:
         return cls(**obj)
     except TypeError as exc:
-        raise BadMessage(f"control message {_KIND_OF[cls]}: {exc}") from None
+        raise BadMessage(f"control message {kind}: {exc}") from None
+
+
+def _check_fields(what: str, obj: dict[str, Any], types: dict[str, Any]) -> None:
+    """Every field has the JSON type its message declares (orjson gives no other)."""
+    for name, value in obj.items():
+        expected = types.get(name)
+        if expected is None:
+            raise BadMessage(f"{what}: unexpected field {name!r}")
+        if not _has_type(value, expected):
+            raise BadMessage(f"{what}: field {name!r} must be {_TYPE_NAMES[expected]}")
+
+
+def _has_type(value: Any, expected: str) -> bool:
+    match expected:
+        case "Any":
+            return True
+        case "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        case "float":
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        case "list[dict[str, Any]]":
+            return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+        case _:
+            return isinstance(value, _PLAIN_TYPES[expected])
 
 
 def encode_task_request(
@@ -149,10 +193,24 @@ def decode_task_request(value: bytes | None) -> dict[str, Any]:
         obj = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
         raise BadMessage(f"task request is not JSON: {exc}") from None
-    for name in ("run_id", "pipeline", "task", "attempt", "event", "upstream"):
-        if not isinstance(obj, dict) or name not in obj:
+    if not isinstance(obj, dict):
+        raise BadMessage("task request must be a JSON object")
+    for name, expected in _REQUEST_FIELDS.items():
+        if name not in obj:
             raise BadMessage(f"task request is missing {name!r}")
+        if not _has_type(obj[name], expected):
+            raise BadMessage(f"task request: field {name!r} must be {_TYPE_NAMES[expected]}")
     return dict(obj)
+
+
+_REQUEST_FIELDS = {
+    "run_id": "str",
+    "pipeline": "str",
+    "task": "str",
+    "attempt": "int",
+    "event": "dict[str, Any]",
+    "upstream": "dict[str, Any]",
+}
 
 
 def record_origin(record: Any, **context: str) -> dict[str, Any]:
