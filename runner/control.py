@@ -111,7 +111,9 @@ class ControlProcessor:
                     for record in records:
                         await self._apply(record, changes, writer)
                 await self._write(changes, writer)
-                await writer.flush()
+                # Every write acknowledged before the offsets move: a refused one aborts.
+                writes = await writer.flush()
+                await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 await txn.send_offsets_to_transaction(offsets, self._topics.group("control"))
             self._after_commit(changes)

@@ -41,6 +41,15 @@ class BadMessage(HeadwaterError):
     """A message that can never become a valid event; it goes to the DLQ with this reason."""
 
 
+class RecordTooLarge(BadMessage):
+    """A record headwater was about to write is over the size Kafka takes; it was not sent."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size:,} bytes, over the {limit:,}-byte record limit")
+        self.size = size
+        self.limit = limit
+
+
 class ConfigError(HeadwaterError):
     """Settings or a pipeline file are invalid; the process must not start with them."""
 

@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from headwater.runner.envelope import CloudEvent, from_kafka
-from headwater.runner.errors import BadMessage
+from headwater.runner.errors import BadMessage, RecordTooLarge
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
     EventsBatched,
@@ -76,20 +76,30 @@ class EventRouter:
             # Run requests only: a re-read after a crash makes the same run ids, which the
             # run table deduplicates, so acknowledged writes then a commit are enough.
             writer = writers[0]
-            for topic, value, key, headers in writes:
-                await writer.add(topic, value, key=key, headers=headers)
+            await self._add_all(writer, writes)
             await kafka.all_acknowledged(await writer.flush(), self._settings.kafka.write_timeout)
             await kafka.commit(consumer, offsets)
             return
         writer = writers[1]
         async with txn.transaction():  # a batching window must count each event once
-            for topic, value, key, headers in writes:
-                await writer.add(topic, value, key=key, headers=headers)
+            await self._add_all(writer, writes)
             for message in windows.messages():
                 value = encode_control(message)
                 await writer.add(self._topics.control, value, key=message.window.encode())
-            await writer.flush()
+            # Every write acknowledged before the offsets move: a refused one aborts.
+            await kafka.all_acknowledged(await writer.flush(), self._settings.kafka.write_timeout)
             await txn.send_offsets_to_transaction(offsets, self._topics.group("router"))
+
+    async def _add_all(self, writer: kafka.BatchWriter, writes: list[_Write]) -> None:
+        """Add the batch's writes; a run request too large for Kafka (its event nearly
+        is) goes to the DLQ instead, with the reason."""
+        for topic, value, key, headers in writes:
+            try:
+                await writer.add(topic, value, key=key, headers=headers)
+            except RecordTooLarge as exc:
+                origin = {"topic": topic, "key": (key or b"").decode("utf-8", "replace")}
+                entry = dlq_record(f"run request not written: {exc}", origin, value)
+                await writer.add(self._topics.dlq, entry)
 
     def _plan(self, batch: dict[TopicPartition, list[Any]]) -> tuple[list[_Write], _Windows]:
         """The writes a fetched batch causes: run requests and DLQ records, and the events
@@ -98,8 +108,9 @@ class EventRouter:
         windows = _Windows()
         for records in batch.values():
             for record in records:
+                headers = record.headers
                 try:
-                    event = from_kafka(record.headers, record.value)
+                    event = from_kafka(headers, record.value)
                 except Exception as exc:  # noqa: BLE001 - no record may stop the stream
                     reason = str(exc) if isinstance(exc, BadMessage) else _undecodable(exc)
                     origin = record_origin(record)
@@ -110,7 +121,7 @@ class EventRouter:
                     if match.trigger.batch is None:
                         writes.append(self._run_request(match.pipeline, event))
                     else:
-                        windows.add(match, event, len(record.value or b""))
+                        windows.add(match, event, kafka.record_size(None, record.value, headers))
         return writes, windows
 
     def _run_request(self, pipeline: Pipeline, event: CloudEvent) -> _Write:

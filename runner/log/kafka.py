@@ -25,7 +25,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from headwater.runner.errors import KafkaFailed, KafkaUnavailable
+from headwater.runner.errors import KafkaFailed, KafkaUnavailable, RecordTooLarge
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 3_000
 BATCH_BYTES = 256 * 1024
+#: The largest record headwater writes: under Kafka's default ``max.message.bytes`` and the
+#: producer's ``max_request_size`` (1 MiB), with room for the batch around it.
+MAX_RECORD_BYTES = 1_000_000
+RECORD_OVERHEAD = 64
 
 #: How soon a transactional producer asks again to add a partition when the broker says
 #: the previous transaction is still being completed (its markers being written). Every
@@ -86,7 +90,11 @@ class BatchWriter:
         headers: list[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> None:
-        """Append one record (``value=None``: a tombstone) to its partition's open batch."""
+        """Append one record (``value=None``: a tombstone) to its partition's open batch;
+        ``RecordTooLarge`` (nothing added) if Kafka would refuse it for its size."""
+        size = record_size(key, value, headers)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"a record for {topic}", size, MAX_RECORD_BYTES)
         if partition is None:
             count = self._partitions.get(topic) or await self._count_partitions(topic)
             partition = self._flushes % count if key is None else partition_for(key, count)
@@ -120,6 +128,16 @@ class BatchWriter:
     async def _count_partitions(self, topic: str) -> int:
         self._partitions[topic] = len(await self._producer.partitions_for(topic))
         return self._partitions[topic]
+
+
+def record_size(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+) -> int:
+    """A record's size as Kafka counts it against ``max.message.bytes``, plus a margin."""
+    size = RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+    for name, header in headers or ():
+        size += len(name) + len(header or b"") + 8
+    return size
 
 
 @functools.lru_cache(maxsize=65_536)

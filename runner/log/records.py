@@ -79,6 +79,8 @@ class WindowDue:
 
 
 Control = ControlMessage | EventsBatched | WindowDue | MarkersDue
+#: How much of a dead-lettered payload its DLQ entry keeps.
+DLQ_PAYLOAD_BYTES = 256 * 1024
 #: The control messages a timer of the control processor writes.
 Due = RetryDue | WindowDue | MarkersDue
 _KINDS: dict[str, type[Control]] = {
@@ -233,10 +235,15 @@ def dlq_record(
 ) -> bytes:
     """A DLQ entry: why, where from (source + message id, or topic/partition/offset), what.
 
-    The payload is kept whole: as text when it is UTF-8, base64 otherwise.
+    The payload is kept as text when it is UTF-8, base64 otherwise; one over
+    ``DLQ_PAYLOAD_BYTES`` is cut to its head (``payload_size`` says how big it was).
     """
     record: dict[str, Any] = {"reason": reason, "origin": origin, "at": now_iso()}
     raw = payload or b""
+    if len(raw) > DLQ_PAYLOAD_BYTES:  # the entry must fit in a record: keep the head
+        record["payload_size"] = len(raw)
+        record["payload_truncated"] = True
+        raw = raw[:DLQ_PAYLOAD_BYTES]
     try:
         record["payload"] = raw.decode("utf-8")
     except UnicodeDecodeError:
