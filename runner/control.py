@@ -72,6 +72,7 @@ class ControlProcessor:
         self._restore_failure: BaseException | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
+        self._restore_failure = None  # a restart restores every partition afresh
         topics = self._topics
         group = topics.group("control")
         txn = kafka.transactional_producer(self._settings, f"{group}.{self._settings.instance}")
@@ -165,7 +166,13 @@ class ControlProcessor:
 
     async def restore(self, partition: int) -> None:
         """Load a partition's runs and windows from the changelog and re-arm its timers."""
-        restored = await changelog.restore(self._settings, partition)
+        restored, unreadable = await changelog.restore(self._settings, partition)
+        for record, reason in unreadable:  # kept in the DLQ, then deleted from the changelog
+            entry = dlq_record(reason, record_origin(record), record.value, record.headers)
+            await self._producer.send_and_wait(self._topics.dlq, entry)
+            if record.key is not None:
+                runs = self._topics.runs
+                await self._producer.send_and_wait(runs, None, key=record.key, partition=partition)
         async with self._lock:
             self._timers.reset(partition)
             for due, at in self._table.restore(partition, restored):

@@ -10,8 +10,11 @@ order gives back the table the last committed transaction left.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
+from headwater.runner.errors import BadMessage
 from headwater.runner.log.reader import read_partition
 from headwater.runner.runs.machine import Run
 from headwater.runner.runs.table import Partition, marker
@@ -30,8 +33,18 @@ def window_record(key: str, window: Window | None) -> tuple[bytes, bytes | None]
     return (WINDOW_PREFIX + key).encode(), value
 
 
-def fold(table: Partition, key: bytes, value: bytes | None) -> None:
-    """Apply one changelog record to ``table`` (finished runs are kept as markers)."""
+def fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
+    """Apply one changelog record to ``table`` (finished runs are kept as markers);
+    ``BadMessage`` (``table`` unchanged) for a record that is not one headwater wrote."""
+    try:
+        _fold(table, key, value)
+    except Exception as exc:  # noqa: BLE001 - any shape of garbage: say what it was
+        raise BadMessage(f"changelog record is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
+    if key is None:
+        raise ValueError("it has no key")
     name = key.decode()
     if name.startswith(WINDOW_PREFIX):
         name = name[len(WINDOW_PREFIX) :]
@@ -46,11 +59,18 @@ def fold(table: Partition, key: bytes, value: bytes | None) -> None:
         table.runs[run.run_id] = marker(run) if run.status != "running" else run
 
 
-async def restore(settings: Settings, partition: int) -> Partition:
+async def restore(settings: Settings, partition: int) -> tuple[Partition, list[Unreadable]]:
     """A partition's table from its changelog (expired markers too: the first sweep after
-    the restore deletes them)."""
-    table = Partition()
+    the restore deletes them), and the records that could not be read (for the DLQ: a
+    restore never stops at one)."""
+    table, unreadable = Partition(), []
     async for records in read_partition(settings, settings.topics.runs, partition):
         for record in records:
-            fold(table, record.key, record.value)
-    return table
+            try:
+                fold(table, record.key, record.value)
+            except BadMessage as exc:
+                unreadable.append((record, str(exc)))
+    return table, unreadable
+
+
+Unreadable = tuple[Any, str]  # a changelog record and why it cannot be read

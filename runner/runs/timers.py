@@ -3,7 +3,8 @@
 A timer that goes off writes its ``Due`` message to ``control``, so it is
 applied in order with the partition's other messages, in a transaction; a timer is
 therefore only a hint, and a lost one is armed again by the next restore. What must hold:
-a partition's timers die with its assignment (``forget``); a failed publish is tried
+a partition's timers die with its assignment (``forget``), and a timer that went off is
+released (memory holds only pending timers); a failed publish is tried
 again by the backoff schedule while the partition is still here; each partition has at
 most one sweep timer, also after a restore re-arms it.
 """
@@ -52,7 +53,9 @@ class Timers:
     def arm(self, partition: int, due: Due, at: float) -> None:
         delay = max(0.0, at - self._clock())
         handles = self._handles.setdefault(partition, set())
-        handle = asyncio.get_running_loop().call_later(delay, self._fire, partition, due)
+        holder: list[asyncio.TimerHandle] = []  # the handle, for ``_fire`` to release
+        handle = asyncio.get_running_loop().call_later(delay, self._fire, partition, due, holder)
+        holder.append(handle)
         handles.add(handle)
         if isinstance(due, MarkersDue):  # one sweep timer per partition, also after a replay
             previous = self._sweeps.get(partition)
@@ -70,7 +73,12 @@ class Timers:
             key = due.window if isinstance(due, WindowDue) else due.run_id
             await self._producer.send_and_wait(self._control, value, key=key.encode())
 
-    def _fire(self, partition: int, due: Due) -> None:
+    def pending(self, partition: int) -> int:
+        """How many timers of ``partition`` have not gone off yet."""
+        return len(self._handles.get(partition, ()))
+
+    def _fire(self, partition: int, due: Due, holder: list[asyncio.TimerHandle]) -> None:
+        self._handles.get(partition, set()).discard(holder[0])  # gone off: release it
         task = asyncio.ensure_future(self._send(partition, due))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

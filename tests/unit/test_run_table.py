@@ -148,3 +148,32 @@ async def test_clients_stop_in_reverse_and_kafka_errors_are_wrapped_once() -> No
             raise UnknownTopicOrPartitionError()
     assert retriable(caught.value) is UnknownTopicOrPartitionError.retriable
     assert not retriable(ValueError("a bug")) and retriable(ConnectionResetError())
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, **where: object) -> None:
+        self.sent.append((topic, value))
+
+
+async def test_timers_that_went_off_are_released() -> None:
+    import asyncio
+    import time
+
+    from headwater.runner.runs.timers import Timers
+
+    producer = _Producer()
+    timers = Timers(producer, "control", time.time)
+    for attempt in range(200):
+        timers.arm(0, RetryDue("r", "a", attempt), time.time())
+    timers.arm(0, MarkersDue(0), time.time() + 3600)
+    assert timers.pending(0) == 201
+    for _ in range(100):
+        if len(producer.sent) == 200:
+            break
+        await asyncio.sleep(0.01)
+    assert len(producer.sent) == 200 and timers.pending(0) == 1  # only the sweep waits
+    timers.forget(0)
+    assert timers.pending(0) == 0
