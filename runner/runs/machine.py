@@ -144,6 +144,10 @@ def step(
     run: Run | None, message: ControlMessage, pipeline: Pipeline, now: float, rand: float
 ) -> Transition:
     """Apply one control message to ``run`` (mutated in place, or created)."""
+    if run is not None and run.status == "running":
+        changed = drift(run, pipeline)
+        if changed is not None:  # the file changed under a run in flight: end it, say why
+            return Transition(run, [fail(run, f"pipeline {run.pipeline!r} {changed}", now)])
     match message:
         case RunRequested() if run is None:
             run = Run(
@@ -188,12 +192,41 @@ def _task_finished(
     return Transition(run, _advance(run, pipeline, now))
 
 
+def drift(run: Run, pipeline: Pipeline) -> str | None:
+    """How ``pipeline`` changed that ``run`` (started on an earlier version) cannot finish
+    on, or ``None``. Tasks added since are not part of the run; a run whose unfinished
+    task was removed, or whose task now needs one the run does not have, cannot go on."""
+    names = {task.name for task in pipeline.tasks}
+    for name, record in run.tasks.items():
+        if name not in names and record.status in ("pending", "dispatched", "retry_wait"):
+            return f"changed while this run was in flight: task {name!r} was removed"
+    for task in pipeline.tasks:
+        if task.name in run.tasks:
+            missing = [need for need in task.needs if need not in run.tasks]
+            if missing:
+                return (
+                    f"changed while this run was in flight: task {task.name!r} now needs "
+                    f"{missing[0]!r}, which this run does not have"
+                )
+    return None
+
+
+def fail(run: Run, why: str, now: float) -> Finish:
+    """End ``run`` as failed: its unfinished tasks fail with ``why``."""
+    for record in run.tasks.values():
+        if record.status in ("pending", "dispatched", "retry_wait"):
+            record.status, record.error, record.retry_at = "failed", why, None
+    run.status, run.finished_at = "failed", now
+    return Finish("failed")
+
+
 def _advance(run: Run, pipeline: Pipeline, now: float) -> list[Effect]:
-    """Dispatch every task whose needs succeeded; skip those that can never run; finish."""
+    """Dispatch every task whose needs succeeded; skip those that can never run; finish.
+    Tasks added to the pipeline after the run started are not part of it."""
     effects: list[Effect] = []
     for task in pipeline.tasks:  # topological order: a skip propagates in one pass
-        record = run.tasks[task.name]
-        if record.status != "pending":
+        record = run.tasks.get(task.name)
+        if record is None or record.status != "pending":
             continue
         needs = [run.tasks[need].status for need in task.needs]
         if any(status in ("failed", "skipped") for status in needs):

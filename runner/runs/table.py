@@ -40,7 +40,9 @@ from headwater.runner.runs.machine import (
     Run,
     ScheduleRetry,
     TaskRecord,
+    drift,
     expired_markers,
+    fail,
     step,
 )
 from headwater.runner.runs.windows import Window
@@ -127,6 +129,12 @@ class RunTable:
         """Take a partition as read from its changelog; yields the timers to arm again."""
         self._partitions[partition] = restored
         for run in restored.runs.values():
+            pipeline = self._pipelines.get(run.pipeline)
+            if run.status == "running" and (pipeline is None or drift(run, pipeline)):
+                # Removed, or changed beyond what the run can finish on: a message for the
+                # run ends it with a failed completion (no task is named: nothing runs).
+                yield RetryDue(run.run_id, "", 0), self._clock()
+                continue
             for name, task in run.tasks.items():
                 if run.status == "running" and task.status == "retry_wait":
                     yield RetryDue(run.run_id, name, task.attempt), task.retry_at or self._clock()
@@ -206,7 +214,15 @@ class RunTable:
         if pipeline is None:
             if isinstance(message, RunRequested):
                 return f"pipeline {message.pipeline!r} is not loaded by this runner"
-            return f"run {message.run_id} is not in the run table"
+            if run is None:
+                return f"run {message.run_id} is not in the run table"
+            if run.status != "running":
+                return None  # a late message for a finished run of a removed pipeline
+            fail(run, f"pipeline {run.pipeline!r} is no longer loaded", self._clock())
+            changes.runs[run.run_id] = (partition, run)
+            changes.outputs.append(Completed(run))
+            changes.notes.append(Note("finished", run))
+            return None
         transition = step(run, message, pipeline, self._clock(), self._rand())
         new = transition.run
         if not transition.applied or new is None:
