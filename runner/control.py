@@ -66,7 +66,9 @@ class ControlProcessor:
         self._topics = settings.topics
         self._producer = producer
         self._observer = observer
-        self._table = RunTable(pipelines, settings.dedup_retention, clock, rand)
+        self._table = RunTable(
+            pipelines, settings.dedup_retention, clock, rand, settings.task_timeout
+        )
         self._timers = Timers(producer, settings.topics.control, clock)
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None

@@ -16,9 +16,11 @@ with a message naming it; nothing else escapes ``execute``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +30,7 @@ import orjson
 from headwater.runner.errors import TaskFailed
 from headwater.runner.model.pipeline import Task
 from headwater.runner.runs.windows import BATCH_TYPE
-from headwater.runner.settings import MAX_OUTPUT_BYTES
+from headwater.runner.settings import MAX_OUTPUT_BYTES, TASK_TIMEOUT
 
 _STDERR_TAIL = 2000
 
@@ -79,7 +81,10 @@ def resolve_callable(target: str) -> Callable[..., Any]:
 
 
 async def execute(
-    task: Task, context: TaskContext, max_output_bytes: int = MAX_OUTPUT_BYTES
+    task: Task,
+    context: TaskContext,
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
+    default_timeout: float = TASK_TIMEOUT,
 ) -> Any:
     """Run one attempt of ``task``; returns its output or raises ``TaskFailed``.
 
@@ -87,13 +92,14 @@ async def execute(
     requests of the tasks that need it, the completion), so one over ``max_output_bytes``
     (encoded as JSON) fails the attempt with the size, the limit and what to do instead.
     """
+    timeout = task.timeout or default_timeout
     try:
         if task.kind == "python":
-            output = await asyncio.wait_for(_call(str(task.target), context), task.timeout)
+            output = await asyncio.wait_for(_call(str(task.target), context), timeout)
         else:
-            output = await _run_command(task, context)
+            output = await _run_command(task, context, timeout)
     except TimeoutError:
-        raise TaskFailed(f"timed out after {task.timeout:g}s") from None
+        raise TaskFailed(f"timed out after {timeout:g}s") from None
     except TaskFailed:
         raise
     except Exception as exc:
@@ -125,7 +131,7 @@ async def _call(target: str, context: TaskContext) -> Any:
         raise TaskFailed(f"{type(exc).__name__}: {exc}") from None
 
 
-async def _run_command(task: Task, context: TaskContext) -> Any:
+async def _run_command(task: Task, context: TaskContext, within: float) -> Any:
     argv = list(task.target)
     env = {
         **os.environ,
@@ -141,15 +147,17 @@ async def _run_command(task: Task, context: TaskContext) -> Any:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            start_new_session=True,  # its own process group: a timeout kills all of it
         )
     except OSError as exc:
         raise TaskFailed(f"cannot start {argv[0]!r}: {exc.strerror}") from None
     try:
         stdout, stderr = await asyncio.wait_for(
-            process.communicate(orjson.dumps(asdict(context))), task.timeout
+            process.communicate(orjson.dumps(asdict(context))), within
         )
-    except TimeoutError:
-        process.kill()
+    except BaseException:  # timed out, or the worker is stopping: leave nothing behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         raise
     if process.returncode != 0:

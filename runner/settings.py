@@ -19,6 +19,7 @@ from headwater.runner.secrets import resolve_reference
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
 MAX_OUTPUT_BYTES = 256 * 1024
+TASK_TIMEOUT = 3600.0  # a task without ``timeout:`` is stopped after an hour
 MAX_OUTPUT_CEILING = 768 * 1024
 
 
@@ -139,6 +140,8 @@ class Settings:
     dedup_retention: float = DEDUP_RETENTION
     #: the largest task output (encoded JSON) a task may return; a larger one fails it
     max_output_bytes: int = MAX_OUTPUT_BYTES
+    #: the timeout of a task whose pipeline file gives none
+    task_timeout: float = TASK_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -150,6 +153,13 @@ class Settings:
             raise ConfigError(f"HEADWATER_DEDUP_RETENTION: {exc}") from None
         if dedup_retention <= 0:
             raise ConfigError("HEADWATER_DEDUP_RETENTION: must be longer than 0")
+        timeout = env.get("HEADWATER_TASK_TIMEOUT")
+        try:
+            task_timeout = TASK_TIMEOUT if timeout is None else parse_duration(timeout)
+        except ValueError as exc:
+            raise ConfigError(f"HEADWATER_TASK_TIMEOUT: {exc}") from None
+        if task_timeout <= 0:
+            raise ConfigError("HEADWATER_TASK_TIMEOUT: must be longer than 0")
         max_output = env.get("HEADWATER_MAX_OUTPUT_BYTES", str(MAX_OUTPUT_BYTES))
         if not max_output.isdigit() or not 0 < int(max_output) <= MAX_OUTPUT_CEILING:
             raise ConfigError(
@@ -162,4 +172,5 @@ class Settings:
             instance=env.get("HEADWATER_INSTANCE") or socket.gethostname(),
             dedup_retention=dedup_retention,
             max_output_bytes=int(max_output),
+            task_timeout=task_timeout,
         )

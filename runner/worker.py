@@ -239,7 +239,10 @@ class Worker:
         async with slots:
             started = time.time()
             try:
-                output = await execute(task, context, self._settings.max_output_bytes)
+                settings = self._settings
+                output = await execute(
+                    task, context, settings.max_output_bytes, settings.task_timeout
+                )
                 error, ok = None, True
             except TaskFailed as exc:
                 output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False

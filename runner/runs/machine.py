@@ -106,6 +106,8 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     retry_at: float | None = None
+    #: when a dispatched attempt counts as lost if no result came (a timer then fails it)
+    deadline: float | None = None
 
 
 @dataclass(slots=True)

@@ -46,7 +46,9 @@ from headwater.runner.runs.machine import (
     step,
 )
 from headwater.runner.runs.windows import Window
+from headwater.runner.settings import TASK_TIMEOUT
 
+LOST_GRACE = 60.0  # seconds at most, on top of twice a task's timeout
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short retentions)
 
 
@@ -109,9 +111,11 @@ class RunTable:
         retention: float,
         clock: Callable[[], float],
         rand: Callable[[], float],
+        task_timeout: float = TASK_TIMEOUT,
     ) -> None:
         self._pipelines = pipelines
         self._retention = retention
+        self._task_timeout = task_timeout
         self._clock = clock
         self._rand = rand
         self._partitions: dict[int, Partition] = {}
@@ -138,12 +142,26 @@ class RunTable:
             for name, task in run.tasks.items():
                 if run.status == "running" and task.status == "retry_wait":
                     yield RetryDue(run.run_id, name, task.attempt), task.retry_at or self._clock()
+                elif run.status == "running" and task.status == "dispatched" and not task.deadline:
+                    task.deadline = self._clock() + self._lost_after(None)  # older records
         for window in restored.windows.values():
             pipeline = self._pipelines.get(window.pipeline)
             spec = pipeline.batch_of(window.trigger) if pipeline else None
             if spec is not None:
                 yield WindowDue(window.window, window.opened_at), window.deadline(spec)
         yield MarkersDue(partition), self._clock() + self.sweep_every()
+
+    def _lost_after(self, timeout: float | None) -> float:
+        """How long after its dispatch an attempt without a result counts as lost: twice
+        its timeout (it may wait for a worker's slot first) and up to a minute more."""
+        timeout = timeout or self._task_timeout
+        return 2 * timeout + min(LOST_GRACE, timeout)
+
+    def _lost(self, run_id: str, task: str, attempt: int, at: float) -> TaskFinished:
+        """The failed result the sweep applies for an attempt whose result never came (a
+        result that comes later is ignored: it is not the dispatched attempt any more)."""
+        error = "no result came in time (the request or its worker was lost); attempt abandoned"
+        return TaskFinished(run_id, task, attempt, False, None, error, at, at)
 
     def sweep_every(self) -> float:
         return min(SWEEP_EVERY, self._retention / 4)
@@ -244,8 +262,10 @@ class RunTable:
                         new.event,
                         new.upstream_outputs(pipeline, task_name),
                     )
-                    route = pipeline.task(task_name).route
-                    changes.outputs.append(Dispatched(route, new.run_id, value))
+                    task = pipeline.task(task_name)
+                    changes.outputs.append(Dispatched(task.route, new.run_id, value))
+                    lost_after = self._lost_after(task.timeout)
+                    new.tasks[task_name].deadline = self._clock() + lost_after
                 case ScheduleRetry(task=task_name, attempt=attempt, at=at):
                     changes.timers.append((partition, RetryDue(new.run_id, task_name, attempt), at))
                 case Finish():
@@ -254,11 +274,16 @@ class RunTable:
         return None
 
     def _sweep(self, partition: int, table: Partition, changes: Changes) -> None:
-        """Expire the partition's old markers (from memory once committed) and arm the
-        next sweep."""
+        """Expire the partition's old markers (from memory once committed), give up on
+        attempts whose result is overdue (lost request, dead worker), arm the next sweep."""
         now = self._clock()
         for run_id in expired_markers(table.runs, now, self._retention):
             changes.expired.append((partition, run_id))
+        for run in [run for run in table.runs.values() if run.status == "running"]:
+            for name, task in list(run.tasks.items()):
+                if task.status == "dispatched" and task.deadline and task.deadline <= now:
+                    lost = self._lost(run.run_id, name, task.attempt, now)
+                    self._apply_run(lost, partition, table, changes)
         changes.timers.append((partition, MarkersDue(partition), now + self.sweep_every()))
 
 
