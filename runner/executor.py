@@ -16,7 +16,9 @@ with a message naming it; nothing else escapes ``execute``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import importlib
 import inspect
 import os
@@ -117,12 +119,43 @@ async def execute(
     return output
 
 
+class SyncPool:
+    """The threads sync (``def``) tasks run in: a pool of their own, never the event loop's
+    default executor (which aiokafka's DNS lookups share). A thread cannot be stopped, so
+    an attempt that timed out leaves its thread running; once half the pool is held like
+    that, later tasks get a fresh pool, so hung tasks never starve the others."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._pool = self._new()
+        self._abandoned = 0
+
+    def _new(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(self._size, thread_name_prefix="task")
+
+    async def run(self, function: Callable[..., Any], context: TaskContext) -> Any:
+        pool = self._pool
+        call = pool.submit(contextvars.copy_context().run, function, context)
+        try:
+            return await asyncio.wrap_future(call)
+        except asyncio.CancelledError:  # timed out (or stopping)
+            if not call.cancel() and pool is self._pool:  # it runs on: its thread is lost
+                self._abandoned += 1
+                if self._abandoned * 2 >= self._size:
+                    pool.shutdown(wait=False)
+                    self._pool, self._abandoned = self._new(), 0
+            raise
+
+
+_SYNC = SyncPool()
+
+
 async def _call(target: str, context: TaskContext) -> Any:
     function = resolve_callable(target)
     try:
         if inspect.iscoroutinefunction(function):
             return await function(context)
-        return await asyncio.to_thread(function, context)
+        return await _SYNC.run(function, context)
     except asyncio.CancelledError:
         raise  # the worker is stopping, or the attempt timed out
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the attempt only
