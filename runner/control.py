@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage
@@ -56,7 +56,6 @@ class ControlProcessor:
         self,
         settings: Settings,
         pipelines: Mapping[str, Pipeline],
-        producer: AIOKafkaProducer,
         observer: RunObserver,
         *,
         clock: Callable[[], float] = time.time,
@@ -64,12 +63,11 @@ class ControlProcessor:
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
-        self._producer = producer
         self._observer = observer
         self._table = RunTable(
             pipelines, settings.dedup_retention, clock, rand, settings.task_timeout
         )
-        self._timers = Timers(producer, settings.topics.control, clock)
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None
 
@@ -81,7 +79,11 @@ class ControlProcessor:
         consumer = kafka.consumer(self._settings, group=group)
         rebalance = kafka.Rebalance(revoked=self._revoked, assigned=self._assigned)
         consumer.subscribe([topics.control], listener=rebalance)
-        async with kafka.started(txn, consumer):
+        # Timers and the restore's DLQ entries: a plain producer, a fresh one per restart
+        # (an error can leave an idempotent producer's sequence state poisoned).
+        self._producer = kafka.producer(self._settings)
+        self._timers = Timers(self._producer, topics.control, self._clock)
+        async with kafka.started(self._producer, txn, consumer):
             try:
                 while not stopping.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=2000)

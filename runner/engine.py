@@ -1,6 +1,6 @@
 """One headwater process: the components it runs and how they start and stop.
 
-``serve`` creates the log's topics, starts one shared idempotent producer and runs every
+``serve`` creates the log's topics, starts one idempotent producer for the bridges and runs every
 component (event router, control processor, one worker per route, one pump per source)
 under a supervisor that restarts it with backoff after a failure. It returns once
 ``stopping`` is set and every component has finished its current batch.
@@ -45,10 +45,10 @@ async def serve(
         by_name = {pipeline.name: pipeline for pipeline in pipelines}
         components: dict[str, Component] = {
             "router": EventRouter(settings, pipelines).run,
-            "control": ControlProcessor(settings, by_name, producer, observer).run,
+            "control": ControlProcessor(settings, by_name, observer).run,
         }
         for route in sorted(routes):
-            components[f"worker[{route}]"] = Worker(settings, by_name, producer, route).run
+            components[f"worker[{route}]"] = Worker(settings, by_name, route).run
         for source in sources:
             components[f"bridge[{source.name}]"] = Pump(
                 source, producer, settings.topics, write_timeout=settings.kafka.write_timeout

@@ -23,6 +23,7 @@ import importlib
 import inspect
 import os
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -148,6 +149,11 @@ class SyncPool:
 
 
 _SYNC = SyncPool()
+
+
+def hung_threads() -> int:
+    """Sync tasks' threads still running (hung past their timeout, or still finishing)."""
+    return sum(t.name.startswith("task_") and t.is_alive() for t in threading.enumerate())
 
 
 async def _call(target: str, context: TaskContext) -> Any:

@@ -118,14 +118,12 @@ class Worker:
         self,
         settings: Settings,
         pipelines: Mapping[str, Pipeline],
-        producer: AIOKafkaProducer,
         route: str = "default",
         concurrency: int = 32,
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
-        self._producer = producer
         self._route = route
         self._concurrency = concurrency
 
@@ -159,8 +157,11 @@ class Worker:
             running.discard(task)
             room.set()
 
-        async with kafka.started(consumer):
-            reporter = asyncio.create_task(self._report(consumer, uncommitted, finished, room))
+        producer = kafka.producer(self._settings)  # its own: a restart starts a fresh one
+        async with kafka.started(producer, consumer):
+            reporter = asyncio.create_task(
+                self._report(producer, consumer, uncommitted, finished, room)
+            )
             try:
                 while not stopping.is_set():
                     if len(running) >= MAX_RUNNING or len(uncommitted) >= MAX_UNCOMMITTED:
@@ -189,6 +190,7 @@ class Worker:
 
     async def _report(
         self,
+        producer: AIOKafkaProducer,
         consumer: Any,
         uncommitted: Uncommitted,
         finished: asyncio.Queue[_Report | None],
@@ -196,7 +198,7 @@ class Worker:
     ) -> None:
         """Write results as they come, each write carrying every result finished by then;
         commit what they complete. Returns after the ``None`` that marks the end."""
-        writer = kafka.BatchWriter(self._producer)  # a restart starts with nothing half-added
+        writer = kafka.BatchWriter(producer)  # a restart starts with nothing half-added
         while True:
             reports = [await finished.get()]
             while not finished.empty():

@@ -54,3 +54,4 @@ async def test_hung_sync_tasks_fail_alone(settings: Settings, headwater_dev: Sta
     errors = [orjson.loads(r.value).get("error", "") for r in records]
     assert sum("timed out after 1s" in e for e in errors) == len(HUNG)
     assert runner.process is not None and runner.process.poll() is None
+    assert runner.stop(timeout=20) == 0  # SIGTERM: it stops, hung threads or not
