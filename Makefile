@@ -9,13 +9,14 @@ EXTRAS := dev,bench
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | cksum | cut -d' ' -f1)
 SERVICES := $(PY) tests/servers/services.py
 
-.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke clean
+.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke soak clean
 
 help:
 	@echo "make demo           run a real pipeline end to end (S3 -> SQS -> Kafka -> tasks)"
 	@echo "make test           the whole suite against real Kafka and emulators"
 	@echo "make lint           ruff + mypy (strict)"
 	@echo "make bench          the benchmark (needs make services); bench-smoke: tiny volumes"
+	@echo "make soak           minutes of pauses, kills and broker bounces under load"
 	@echo "make services       start Kafka (KRaft) and moto in the background"
 	@echo "make services-down  stop them"
 
@@ -62,6 +63,11 @@ bench: venv services
 
 bench-smoke: venv services
 	$(PY) -m bench.run --smoke
+
+# Minutes, not in CI: two processes under load while pauses, kills and broker bounces come
+# and go; exits non-zero on any duplicate or lost event.
+soak: venv services
+	$(PY) -m soak.run
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
