@@ -75,7 +75,6 @@ class ControlProcessor:
         self._restore_failure = None  # a restart restores every partition afresh
         topics = self._topics
         group = topics.group("control")
-        txn = kafka.transactional_producer(self._settings, f"{group}.{self._settings.instance}")
         consumer = kafka.consumer(self._settings, group=group)
         rebalance = kafka.Rebalance(revoked=self._revoked, assigned=self._assigned)
         consumer.subscribe([topics.control], listener=rebalance)
@@ -83,21 +82,21 @@ class ControlProcessor:
         # (an error can leave an idempotent producer's sequence state poisoned).
         self._producer = kafka.producer(self._settings)
         self._timers = Timers(self._producer, topics.control, self._clock)
-        async with kafka.started(self._producer, txn, consumer):
+        self._fencing = kafka.PartitionProducers(self._settings, f"{group}.p")
+        async with kafka.started(self._producer, consumer):
             try:
                 while not stopping.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=2000)
                     if self._restore_failure is not None:
                         raise self._restore_failure  # start again from the changelog
                     if batch:
-                        await self._process(batch, txn, consumer)
+                        await self._process(batch, consumer)
             finally:
                 self._timers.clear()
                 self._table.clear()
+                await self._fencing.close_all()
 
-    async def _process(
-        self, batch: dict[TopicPartition, list[Any]], txn: Any, consumer: Any
-    ) -> None:
+    async def _process(self, batch: dict[TopicPartition, list[Any]], consumer: Any) -> None:
         async with self._lock:
             # Records of a partition whose table is not (or no longer) here are not applied:
             # one still being restored is read again; one taken away by a rebalance while
@@ -109,19 +108,27 @@ class ControlProcessor:
             if not batch:
                 await asyncio.sleep(0.05)  # a restore is under way: do not spin on re-reads
                 return
-            changes = Changes()
-            writer = kafka.BatchWriter(txn)
-            async with txn.transaction():
-                for records in batch.values():
-                    for record in records:
-                        await self._apply(record, changes, writer)
-                await self._write(changes, writer)
-                # Every write acknowledged before the offsets move: a refused one aborts.
-                writes = await writer.flush()
-                await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
-                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
-                await txn.send_offsets_to_transaction(offsets, self._topics.group("control"))
-            self._after_commit(changes)
+            # One transaction per partition, by that partition's own producer: the
+            # partition's next owner fences it, so a paused process that resumes cannot
+            # commit what its successor already did.
+            done = await asyncio.gather(*(self._transact(tp, rs) for tp, rs in batch.items()))
+            for changes in done:
+                self._after_commit(changes)
+
+    async def _transact(self, tp: TopicPartition, records: list[Any]) -> Changes:
+        txn = self._fencing.producer(tp.partition)
+        changes = Changes()
+        writer = kafka.BatchWriter(txn)
+        async with txn.transaction():
+            for record in records:
+                await self._apply(record, changes, writer)
+            await self._write(changes, writer)
+            # Every write acknowledged before the offsets move: a refused one aborts.
+            writes = await writer.flush()
+            await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
+            offsets = {tp: records[-1].offset + 1}
+            await txn.send_offsets_to_transaction(offsets, self._topics.group("control"))
+        return changes
 
     async def _apply(self, record: Any, changes: Changes, writer: kafka.BatchWriter) -> None:
         try:
@@ -169,7 +176,9 @@ class ControlProcessor:
     # --- partition assignment ------------------------------------------------------------
 
     async def restore(self, partition: int) -> None:
-        """Load a partition's runs and windows from the changelog and re-arm its timers."""
+        """Fence the partition's previous owner, then load its runs and windows from the
+        changelog and re-arm its timers."""
+        await self._fencing.take(partition)  # its open transaction is aborted: read after
         restored, unreadable = await changelog.restore(self._settings, partition)
         for record, reason in unreadable:  # kept in the DLQ, then deleted from the changelog
             entry = dlq_record(reason, record_origin(record), record.value, record.headers)
@@ -206,3 +215,4 @@ class ControlProcessor:
         async with self._lock:
             self._table.forget(partition)
             self._timers.forget(partition)
+            await self._fencing.close(partition)

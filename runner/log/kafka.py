@@ -247,6 +247,39 @@ def transactional_producer(settings: Settings, transactional_id: str) -> AIOKafk
     )
 
 
+class PartitionProducers:
+    """One transactional producer per owned partition, with the transactional id
+    ``<prefix><partition>``: whoever owns a partition next starts the same id, which
+    fences the producer of the previous owner (a process paused past its session timeout
+    and resumed) and aborts its open transaction. aiokafka's ``send_offsets_to_transaction``
+    sends no consumer group generation (TxnOffsetCommit v0, not KIP-447), so this, and not
+    the group, is what keeps a stale owner from committing."""
+
+    def __init__(self, settings: Settings, prefix: str) -> None:
+        self._settings = settings
+        self._prefix = prefix
+        self._producers: dict[int, AIOKafkaProducer] = {}
+
+    async def take(self, partition: int) -> None:
+        await self.close(partition)
+        txn = transactional_producer(self._settings, f"{self._prefix}{partition}")
+        await txn.start()  # InitProducerId: the previous owner is fenced from here on
+        self._producers[partition] = txn
+
+    def producer(self, partition: int) -> AIOKafkaProducer:
+        return self._producers[partition]
+
+    async def close(self, partition: int) -> None:
+        txn = self._producers.pop(partition, None)
+        if txn is not None:
+            with contextlib.suppress(Exception):  # fenced already, or the broker is away
+                await txn.stop()
+
+    async def close_all(self) -> None:
+        for partition in list(self._producers):
+            await self.close(partition)
+
+
 def consumer(settings: Settings, *topics: str, group: str | None, **overrides: Any) -> Any:
     options: dict[str, Any] = {
         **settings.kafka.client_options(),
