@@ -3,7 +3,9 @@
 What must always hold: a delivery is acked at the source only after Kafka acknowledged
 (``acks=all``, idempotent producer) every event made from it; a delivery with any failed
 write is nacked for redelivery. A delivery that cannot be mapped is written to the DLQ
-with the reason and then acked: bad input never stops the stream. Because the pump pulls
+with the reason and then acked: bad input never stops the stream. So does a delivery
+whose event is too large for a Kafka record (its DLQ entry keeps the payload's head and
+its size, with the source message id); its batch-mates flow. Because the pump pulls
 only when the previous batch is settled, the source is the buffer (backpressure).
 """
 
@@ -19,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from headwater.bridges.base import DeadLettering, Delivery, Source
 from headwater.bridges.mapping import to_cloudevents
 from headwater.runner.envelope import to_kafka
-from headwater.runner.errors import BadMessage, NotConnected
+from headwater.runner.errors import BadMessage, NotConnected, RecordTooLarge
 from headwater.runner.flow.backoff import RECONNECT, Backoff, Retry, pause
 from headwater.runner.log import kafka
 from headwater.runner.log.records import dlq_record
@@ -148,12 +150,18 @@ class Pump:
                 else:
                     await self._add_dlq(delivery, str(exc))
                 continue
-            for event in events:
-                headers, value = to_kafka(event)
-                key = delivery.key or event.extensions.get("partitionkey") or event.subject
-                await self._writer.add(
-                    self._topics.events, value, key=key.encode() if key else None, headers=headers
-                )
+            try:
+                for event in events:
+                    headers, value = to_kafka(event)
+                    key = delivery.key or event.extensions.get("partitionkey") or event.subject
+                    await self._writer.add(
+                        self._topics.events,
+                        value,
+                        key=key.encode() if key else None,
+                        headers=headers,
+                    )
+            except RecordTooLarge as exc:  # it would be refused forever: the DLQ, then ack
+                await self._add_dlq(delivery, f"event too large for Kafka: {exc}")
         return await self._writer.flush()
 
     async def _add_dlq(self, delivery: Delivery, reason: str) -> None:

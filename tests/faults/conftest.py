@@ -19,17 +19,20 @@ Start = Callable[..., HeadwaterProcess]
 
 @pytest.fixture
 def headwater_dev(settings: Settings, tmp_path: Path) -> Iterator[Start]:
-    """``start(files, env=...)``: writes ``files`` (name -> text) into a pipeline folder and
-    starts ``headwater dev`` on it; every process started is stopped after the test."""
+    """``start(files, env=..., args=...)``: writes ``files`` (name -> text) into a pipeline
+    folder and starts ``headwater dev`` on it (with source flags ``args``); every process
+    started is stopped after the test."""
     started: list[HeadwaterProcess] = []
 
-    def start(files: dict[str, str], env: dict[str, str] | None = None) -> HeadwaterProcess:
+    def start(
+        files: dict[str, str], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> HeadwaterProcess:
         folder = tmp_path / "pipelines"
         folder.mkdir(exist_ok=True)
         for name, text in files.items():
             (folder / name).write_text(text)
         log = tmp_path / f"dev-{len(started)}.log"
-        process = HeadwaterProcess(["dev", str(folder)], settings, log, env).start()
+        process = HeadwaterProcess(["dev", str(folder), *args], settings, log, env).start()
         started.append(process)
         return process
 
