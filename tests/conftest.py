@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from headwater.runner.settings import Settings, Topics
+from tests.processes import HeadwaterProcess
 from tests.servers.services import KafkaServer, MotoServer, PubSubServer, ServiceBusServer
 
 AWS_REGION = "us-east-1"
@@ -66,3 +68,31 @@ def aws_env(moto_server: MotoServer) -> Iterator[dict[str, str]]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+Start = Callable[..., HeadwaterProcess]
+
+
+@pytest.fixture
+def headwater_dev(settings: Settings, tmp_path: Path) -> Iterator[Start]:
+    """``start(files, env=..., args=...)``: writes ``files`` (name -> text) into a pipeline
+    folder and starts ``headwater dev`` on it (with source flags ``args``); every process
+    started is stopped after the test."""
+    started: list[HeadwaterProcess] = []
+
+    def start(
+        files: dict[str, str], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> HeadwaterProcess:
+        folder = tmp_path / "pipelines"
+        folder.mkdir(exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        log = tmp_path / f"dev-{len(started)}.log"
+        process = HeadwaterProcess(["dev", str(folder), *args], settings, log, env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.stop()

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -143,3 +144,22 @@ async def publish(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def by_trigger(records: list[Any]) -> dict[str, list[str]]:
+    """Completion types (``headwater.run.succeeded``/``failed``) per trigger event id."""
+    found: dict[str, list[str]] = {}
+    for record in records:
+        headers = dict(record.headers)
+        data = orjson.loads(record.value)
+        found.setdefault(data["trigger"]["id"], []).append(headers["ce_type"].decode())
+    return found
+
+
+async def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` if ``within`` seconds pass."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from headwater.runner.settings import Settings
-from tests.faults.conftest import Start
+from tests.conftest import Start
 from tests.kafkatools import publish, read_topic
 
 pytestmark = pytest.mark.integration

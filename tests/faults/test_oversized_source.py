@@ -13,7 +13,7 @@ import pytest
 from google.cloud import pubsub_v1
 
 from headwater.runner.settings import Settings
-from tests.faults.conftest import Start
+from tests.conftest import Start
 from tests.kafkatools import read_topic
 from tests.servers.services import PubSubServer
 

@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from headwater.runner.settings import Settings
-from tests.faults.conftest import Start, by_trigger
-from tests.kafkatools import publish, read_topic
+from tests.conftest import Start
+from tests.kafkatools import by_trigger, publish, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
-from tests.faults.conftest import Start, by_trigger
-from tests.kafkatools import publish, read_all, read_topic
+from tests.conftest import Start
+from tests.kafkatools import by_trigger, publish, read_all, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from headwater.runner.settings import Settings
-from tests.faults.conftest import Start
+from tests.conftest import Start
 from tests.kafkatools import publish, read_all, read_topic
 
 pytestmark = pytest.mark.integration
