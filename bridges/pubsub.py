@@ -35,8 +35,8 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncI
 from google.pubsub_v1.types import StreamingPullRequest
 
 from headwater.bridges.base import Delivery, take_batch
-from headwater.bridges.mapping import binary_mode, mapper
-from headwater.runner.envelope import CloudEvent, rfc3339
+from headwater.bridges.mapping import mapper, plain_event
+from headwater.runner.envelope import CloudEvent, from_binary, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
 log = logging.getLogger(__name__)
@@ -194,19 +194,12 @@ def map_pubsub(delivery: Delivery) -> list[CloudEvent]:
     if attributes.get("eventType") in _GCS_TYPES and "bucketId" in attributes:
         return [gcs_event(delivery)]
     if "ce-specversion" in attributes:
-        return [binary_mode(delivery.attributes, delivery.body)]
+        return [from_binary(attributes, delivery.body, "ce-")]
     body = _parse(delivery.body)
     if isinstance(body, dict) and "specversion" in body:
         return [CloudEvent.from_dict(body)]
-    return [
-        CloudEvent(
-            id=delivery.message_id,
-            source=f"//pubsub.googleapis.com/{delivery.origin}",
-            type="google.pubsub.message.published",
-            time=delivery.time,
-            data={"message": body, "attributes": attributes},
-        )
-    ]
+    source = f"//pubsub.googleapis.com/{delivery.origin}"
+    return [plain_event(delivery, "google.pubsub.message.published", source, body)]
 
 
 def gcs_event(delivery: Delivery) -> CloudEvent:

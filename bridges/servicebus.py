@@ -30,7 +30,7 @@ from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusRe
 from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
 
 from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import json_body, mapper
+from headwater.bridges.mapping import json_body, mapper, plain_event
 from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 from headwater.runner.secrets import resolve_reference
@@ -191,13 +191,7 @@ def _one(body: Any, delivery: Delivery, where: str) -> CloudEvent:
                 body.get("source"),
             )
         return CloudEvent.from_dict(body)
-    return CloudEvent(
-        id=delivery.message_id,
-        source=f"/servicebus/{delivery.origin}",
-        type="azure.servicebus.message",
-        time=delivery.time,
-        data={"message": body, "attributes": delivery.attributes},
-    )
+    return plain_event(delivery, "azure.servicebus.message", f"/servicebus/{delivery.origin}", body)
 
 
 def _blob_created(
