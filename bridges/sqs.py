@@ -149,17 +149,18 @@ class SqsSource:
 
 @contextlib.contextmanager
 def _connection_errors(queue_url: str) -> Iterator[None]:
+    """botocore's errors as ``NotConnected``: none of them leaves the bridge raw."""
     try:
         yield
     except (BotoCoreError, OSError) as exc:
         raise NotConnected(f"SQS queue {queue_url}: {exc}") from exc
-    except ClientError as exc:
+    except ClientError as exc:  # refused (access, throttling, ...): reconnect with backoff
         if exc.response.get("Error", {}).get("Code") in (
             "AWS.SimpleQueueService.NonExistentQueue",
             "QueueDoesNotExist",
         ):
             raise NotConnected(f"SQS queue {queue_url} does not exist") from exc
-        raise
+        raise NotConnected(f"SQS queue {queue_url}: {exc}") from exc
 
 
 @mapper(KIND)
