@@ -66,7 +66,7 @@ class BridgeSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Self:
-        """The settings from ``values``; ``ConfigError`` names the first wrong key."""
+        """The settings from ``values``; ``ConfigError`` names the bridge and the wrong key."""
         where = f"{cls.kind} bridge"
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known.keys())
@@ -119,8 +119,9 @@ class Bridge:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if self.extra is None or (exc.name or "").startswith("headwater"):
-                raise
+            missing = exc.name or ""
+            if self.extra is None or missing.partition(".")[0] == "headwater":
+                raise  # a bug of headwater's, not a missing extra
             raise ConfigError(
                 f"the {self.kind} bridge needs the {self.extra!r} extra "
                 f"(pip install 'headwater[{self.extra}]'): {exc}"

@@ -171,3 +171,20 @@ def test_the_flags_import_no_cloud_sdk() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+
+
+def test_a_missing_extra_is_named() -> None:
+    declared = registry.Bridge(
+        "nimbus",
+        SqsSettings,
+        "nimbus_sdk_not_installed.source:Source",
+        "nimbus",
+        "--n",
+        "N",
+        "",
+        lambda text: {"queue_url": text},
+    )
+    with pytest.raises(
+        ConfigError, match=r"needs the 'nimbus' extra \(pip install 'headwater\[nimbus\]'\)"
+    ):
+        declared.source_class()
