@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import json_body, mapper
+from headwater.bridges.mapping import json_body, mapper, plain_event
 from headwater.runner.envelope import CloudEvent
 from headwater.runner.errors import BadMessage, NotConnected
 
@@ -143,18 +143,20 @@ def map_file(delivery: Delivery) -> list[CloudEvent]:
         raise BadMessage("drop-folder delivery has no dropped_path")
     dropped = Path(body["dropped_path"])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(body["mtime_ns"] / 1e9))
+    data = {
+        "path": body["path"],
+        "dropped_path": str(dropped),
+        "name": dropped.name,
+        "size": body["size"],
+    }
     return [
-        CloudEvent(
-            id=delivery.message_id,
-            source=delivery.origin,
-            type="headwater.file.created",
-            subject=dropped.as_uri(),
+        plain_event(
+            delivery,
+            "headwater.file.created",
+            delivery.origin,
+            data,
+            wrap=False,
             time=f"{stamp}Z",
-            data={
-                "path": body["path"],
-                "dropped_path": str(dropped),
-                "name": dropped.name,
-                "size": body["size"],
-            },
+            subject=dropped.as_uri(),
         )
     ]

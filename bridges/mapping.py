@@ -6,8 +6,8 @@ Each bridge module registers a mapper for its delivery ``kind`` (``@mapper("sqs"
 a message to skip, such as S3's test event) or raises ``BadMessage`` with the reason.
 
 Shared here: a message that already is a CloudEvent (structured JSON, or binary mode with
-``ce-*`` headers/attributes) is taken as it is; any other message becomes an event built
-by the bridge's own mapper.
+``ce-*`` headers/attributes, read by ``envelope.from_binary``) is taken as it is; any other
+message becomes the bridge's own event, or the plain one of ``plain_event``.
 """
 
 from __future__ import annotations
@@ -61,21 +61,25 @@ def is_structured_cloudevent(obj: Any) -> bool:
     return isinstance(obj, dict) and "specversion" in obj
 
 
-def binary_mode(attributes: dict[str, str], body: bytes) -> CloudEvent:
-    """A CloudEvent sent in binary mode: attributes as ``ce-*`` headers or message
-    attributes, ``content-type`` as its ``datacontenttype``, the body as its data."""
-    event: dict[str, Any] = {
-        name[3:]: value for name, value in attributes.items() if name.startswith("ce-")
-    }
-    content_type = attributes.get("content-type")
-    if content_type:
-        event["datacontenttype"] = content_type
-    if body:
-        if content_type is None or "json" in content_type:
-            try:
-                event["data"] = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadMessage(f"event data is not valid JSON ({exc})") from None
-        else:
-            event["data"] = body.decode("utf-8", "replace")
-    return CloudEvent.from_dict(event)
+def plain_event(
+    delivery: Delivery,
+    event_type: str,
+    source: str,
+    message: Any,
+    *,
+    wrap: bool = True,
+    time: str | None = None,
+    subject: str | None = None,
+) -> CloudEvent:
+    """The event of a message that is not a CloudEvent: its id is the source message's id,
+    its time when the service accepted the message (unless ``time``), its data
+    ``{message, attributes}`` (the body and the message's attributes), or the message
+    itself when ``wrap`` is false (the webhook, the drop folder)."""
+    return CloudEvent(
+        id=delivery.message_id,
+        source=source,
+        type=event_type,
+        subject=subject,
+        time=delivery.time if time is None else time,
+        data={"message": message, "attributes": delivery.attributes} if wrap else message,
+    )

@@ -30,13 +30,14 @@ from typing import Any
 import grpc
 import orjson
 from google.api_core import exceptions as google_errors
+from google.auth import exceptions as google_auth_errors
 from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 from google.pubsub_v1.types import StreamingPullRequest
 
 from headwater.bridges.base import Delivery, take_batch
-from headwater.bridges.mapping import binary_mode, mapper
-from headwater.runner.envelope import CloudEvent, rfc3339
+from headwater.bridges.mapping import mapper, plain_event
+from headwater.runner.envelope import CloudEvent, from_binary, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ _GCS_TYPES = {
     "OBJECT_METADATA_UPDATE": "google.cloud.storage.object.metadata_updated",
 }
 _ID_NAMESPACE = uuid.UUID("9d1c7f1e-5b7a-4e0f-8a1d-3f6b2c8e4a90")
-_CONNECTION_ERRORS = (
-    google_errors.ServiceUnavailable,
-    google_errors.DeadlineExceeded,
-    google_errors.RetryError,
-    grpc.aio.AioRpcError,
+#: every error of the SDK (refusals such as PermissionDenied included), wrapped once here
+#: into ``NotConnected`` so that the pump reconnects with backoff
+_SDK_ERRORS = (
+    google_errors.GoogleAPIError,
+    google_auth_errors.GoogleAuthError,
+    grpc.RpcError,
     OSError,
 )
 
@@ -83,14 +85,14 @@ class PubSubSource:
         return self.subscription
 
     async def connect(self) -> None:
-        self._client = _client()
         self._failure = None
         self._stop = asyncio.Event()
-        try:  # fail fast on a missing subscription or an unreachable server
+        try:  # fail fast on a missing subscription, missing credentials or no server
+            self._client = _client()
             await self._client.get_subscription(
                 subscription=self.subscription, retry=None, timeout=10
             )
-        except (*_CONNECTION_ERRORS, google_errors.NotFound) as exc:
+        except _SDK_ERRORS as exc:
             raise NotConnected(f"Pub/Sub {self.subscription}: {exc}") from exc
         self._reader = asyncio.create_task(self._read_stream())
 
@@ -104,7 +106,7 @@ class PubSubSource:
         while not self._buffer.empty():
             unsettled.append(self._buffer.get_nowait())
         if unsettled and self._client is not None:  # give them back now, not at deadline
-            with contextlib.suppress(*_CONNECTION_ERRORS):
+            with contextlib.suppress(*_SDK_ERRORS):
                 await self._client.modify_ack_deadline(
                     subscription=self.subscription,
                     ack_ids=[m.ack_id for m in unsettled],
@@ -176,7 +178,7 @@ class PubSubSource:
                     ack_deadline_seconds=0,
                     timeout=30,
                 )
-        except _CONNECTION_ERRORS as exc:
+        except _SDK_ERRORS as exc:
             raise NotConnected(f"Pub/Sub {self.subscription}: {exc}") from exc
 
 
@@ -194,19 +196,12 @@ def map_pubsub(delivery: Delivery) -> list[CloudEvent]:
     if attributes.get("eventType") in _GCS_TYPES and "bucketId" in attributes:
         return [gcs_event(delivery)]
     if "ce-specversion" in attributes:
-        return [binary_mode(delivery.attributes, delivery.body)]
+        return [from_binary(attributes, delivery.body, "ce-")]
     body = _parse(delivery.body)
     if isinstance(body, dict) and "specversion" in body:
         return [CloudEvent.from_dict(body)]
-    return [
-        CloudEvent(
-            id=delivery.message_id,
-            source=f"//pubsub.googleapis.com/{delivery.origin}",
-            type="google.pubsub.message.published",
-            time=delivery.time,
-            data={"message": body, "attributes": attributes},
-        )
-    ]
+    source = f"//pubsub.googleapis.com/{delivery.origin}"
+    return [plain_event(delivery, "google.pubsub.message.published", source, body)]
 
 
 def gcs_event(delivery: Delivery) -> CloudEvent:

@@ -25,14 +25,15 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from azure.core.exceptions import AzureError
 from azure.servicebus import ServiceBusReceivedMessage, ServiceBusReceiveMode
 from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import MessageLockLostError, ServiceBusError
+from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError
 
 from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import json_body, mapper
+from headwater.bridges.mapping import json_body, mapper, plain_event
 from headwater.runner.envelope import CloudEvent, rfc3339
-from headwater.runner.errors import BadMessage, NotConnected
+from headwater.runner.errors import BadMessage, ConfigError, NotConnected
 from headwater.runner.secrets import resolve_reference
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,10 @@ class ServiceBusSource:
         return f"servicebus:{self.entity}"
 
     async def connect(self) -> None:
-        client = ServiceBusClient.from_connection_string(resolve_reference(self._connection))
+        try:
+            client = ServiceBusClient.from_connection_string(resolve_reference(self._connection))
+        except ValueError:  # the SDK's message is kept out: it may quote the secret
+            raise ConfigError(f"Service Bus {self.entity}: malformed connection string") from None
         renewer = AutoLockRenewer(max_lock_renewal_duration=self._lock_renewal)
         topic, _, subscription = self.entity.partition("/subscriptions/")
         options: dict[str, Any] = {
@@ -77,7 +81,7 @@ class ServiceBusSource:
             receiver = client.get_queue_receiver(self.entity, **options)
         try:
             await receiver.__aenter__()
-        except (ServiceBusError, OSError) as exc:
+        except (AzureError, OSError) as exc:
             await client.close()
             raise NotConnected(f"Service Bus {self.entity}: {exc}") from exc
         self._client, self._receiver, self._renewer = client, receiver, renewer
@@ -97,7 +101,7 @@ class ServiceBusSource:
             messages = await self._receiver.receive_messages(
                 max_message_count=max_messages, max_wait_time=self._wait
             )
-        except (ServiceBusError, OSError) as exc:
+        except (AzureError, OSError) as exc:
             raise NotConnected(f"Service Bus {self.entity}: {exc}") from exc
         return [self._delivery(message) for message in messages]
 
@@ -144,7 +148,9 @@ class ServiceBusSource:
                     delivery.message_id,
                     call,
                 )
-            except (ServiceBusError, OSError) as exc:
+            except MessageAlreadySettled:  # a ValueError, not a ServiceBusError
+                log.warning("%s: %s was settled already", self.entity, delivery.message_id)
+            except (AzureError, OSError) as exc:
                 raise NotConnected(f"Service Bus {self.entity}: {exc}") from exc
 
 
@@ -191,13 +197,7 @@ def _one(body: Any, delivery: Delivery, where: str) -> CloudEvent:
                 body.get("source"),
             )
         return CloudEvent.from_dict(body)
-    return CloudEvent(
-        id=delivery.message_id,
-        source=f"/servicebus/{delivery.origin}",
-        type="azure.servicebus.message",
-        time=delivery.time,
-        data={"message": body, "attributes": delivery.attributes},
-    )
+    return plain_event(delivery, "azure.servicebus.message", f"/servicebus/{delivery.origin}", body)
 
 
 def _blob_created(

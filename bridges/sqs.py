@@ -29,7 +29,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from headwater.bridges.base import Delivery
-from headwater.bridges.mapping import is_structured_cloudevent, json_body, mapper
+from headwater.bridges.mapping import is_structured_cloudevent, json_body, mapper, plain_event
 from headwater.runner.envelope import CloudEvent, rfc3339
 from headwater.runner.errors import BadMessage, NotConnected
 
@@ -149,17 +149,18 @@ class SqsSource:
 
 @contextlib.contextmanager
 def _connection_errors(queue_url: str) -> Iterator[None]:
+    """botocore's errors as ``NotConnected``: none of them leaves the bridge raw."""
     try:
         yield
     except (BotoCoreError, OSError) as exc:
         raise NotConnected(f"SQS queue {queue_url}: {exc}") from exc
-    except ClientError as exc:
+    except ClientError as exc:  # refused (access, throttling, ...): reconnect with backoff
         if exc.response.get("Error", {}).get("Code") in (
             "AWS.SimpleQueueService.NonExistentQueue",
             "QueueDoesNotExist",
         ):
             raise NotConnected(f"SQS queue {queue_url} does not exist") from exc
-        raise
+        raise NotConnected(f"SQS queue {queue_url}: {exc}") from exc
 
 
 @mapper(KIND)
@@ -178,15 +179,7 @@ def map_sqs(delivery: Delivery) -> list[CloudEvent]:
         return [CloudEvent.from_dict(body)]
     if not isinstance(body, dict):
         raise BadMessage(f"message body must be a JSON object, not {type(body).__name__}")
-    return [
-        CloudEvent(
-            id=delivery.message_id,
-            source=delivery.origin or "aws:sqs",
-            type="aws.sqs.message",
-            time=delivery.time,
-            data={"message": body, "attributes": delivery.attributes},
-        )
-    ]
+    return [plain_event(delivery, "aws.sqs.message", delivery.origin or "aws:sqs", body)]
 
 
 def s3_record_event(record: Any, index: int = 0) -> CloudEvent:

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from headwater.bridges.base import Delivery, take_batch
-from headwater.bridges.mapping import binary_mode, json_body, mapper, to_cloudevents
-from headwater.runner.envelope import CloudEvent, now_iso
+from headwater.bridges.mapping import json_body, mapper, plain_event, to_cloudevents
+from headwater.runner.envelope import CloudEvent, from_binary, now_iso
 from headwater.runner.errors import BadMessage, NotConnected
 from headwater.runner.secrets import resolve_reference
 
@@ -143,18 +143,16 @@ def map_request(delivery: Delivery) -> list[CloudEvent]:
     headers = delivery.attributes
     content_type = headers.get("content-type", "")
     if "ce-specversion" in headers:
-        return [binary_mode(headers, delivery.body)]
+        return [from_binary(headers, delivery.body, "ce-")]
     body = json_body(delivery)
     if content_type.startswith(STRUCTURED):
         return [CloudEvent.from_dict(body)]
     if not isinstance(body, dict):
         raise BadMessage(f"a plain JSON body must be an object, not {type(body).__name__}")
+    source = delivery.origin or "/webhook"
+    # data is the body itself, not {message, attributes}: the headers are HTTP's own
     return [
-        CloudEvent(
-            id=delivery.message_id,
-            source=delivery.origin or "/webhook",
-            type="headwater.webhook.received",
-            time=now_iso(),
-            data=body,
+        plain_event(
+            delivery, "headwater.webhook.received", source, body, wrap=False, time=now_iso()
         )
     ]

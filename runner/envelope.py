@@ -2,7 +2,9 @@
 
 Every event on the central log is built and read here, so all bridges and the runner agree
 on one shape. Binary mode puts attributes in ``ce_*`` headers and the data in the value,
-which the official ``cloudevents`` SDK reads with ``from_kafka``. headwater's extension
+which the official ``cloudevents`` SDK reads with ``from_kafka``; ``from_binary`` reads
+binary mode from any text attributes (HTTP ``ce-*`` headers, Pub/Sub attributes), with the
+same rules as ``from_kafka``. headwater's extension
 attributes (see ``schemas/cloudevent.schema.json``):
 
 - ``hwbridge``: the bridge that brought the event in (``sqs``, ``pubsub``, ...);
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,7 +140,9 @@ def to_kafka(event: CloudEvent) -> tuple[Headers, bytes]:
 def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
     """Read binary or structured mode from a Kafka record's headers and value.
 
-    Raises ``BadMessage`` with the reason when the record is not a valid CloudEvent.
+    Raises ``BadMessage`` with the reason when the record is not a valid CloudEvent. The
+    router's hot path: the headers are scanned once, in place (no copy into a mapping
+    first), and the event is assembled by the same ``_binary_event`` as ``from_binary``.
     """
     attrs: dict[str, Any] = {}
     content_type = None
@@ -152,13 +157,40 @@ def from_kafka(headers: Any, value: bytes | None) -> CloudEvent:
             content_type = _header_text(name, raw)
     if not attrs:  # structured mode: the whole event is the value
         return CloudEvent.from_dict(_loads(value, "structured CloudEvent"))
+    return _binary_event(attrs, content_type, value)
+
+
+def from_binary(attributes: Mapping[str, str], body: bytes | None, prefix: str) -> CloudEvent:
+    """A CloudEvent in binary mode from text attributes: ``ce-*`` HTTP headers or Pub/Sub
+    attributes (``prefix="ce-"``), or ``ce_*`` Kafka headers already decoded (``"ce_"``).
+
+    The prefix is matched in any case and the attribute names are lowercased, as Kafka's
+    are; ``content-type`` becomes ``datacontenttype``; ``BadMessage`` says what is wrong.
+    """
+    size = len(prefix)
+    attrs: dict[str, Any] = {}
+    content_type = None
+    for name, text in attributes.items():
+        lowered = name.lower()
+        if lowered[:size] == prefix:
+            attrs[lowered[size:]] = text
+        elif lowered == "content-type":
+            content_type = text
+    return _binary_event(attrs, content_type, body)
+
+
+def _binary_event(
+    attrs: dict[str, Any], content_type: str | None, body: bytes | None
+) -> CloudEvent:
+    """The one reading of binary mode: attributes (prefix removed), the content type as
+    ``datacontenttype``, the body as the data (JSON unless the content type says other)."""
     if content_type is not None:
         attrs["datacontenttype"] = content_type
-    if value:
+    if body:
         if content_type is None or "json" in content_type:
-            attrs["data"] = _loads(value, "event data")
+            attrs["data"] = _loads(body, "event data")
         else:
-            attrs["data"] = value.decode("utf-8", "replace")
+            attrs["data"] = body.decode("utf-8", "replace")
     return CloudEvent.from_dict(attrs)
 
 

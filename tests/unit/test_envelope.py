@@ -13,7 +13,14 @@ from cloudevents.core.bindings.kafka import KafkaMessage
 from cloudevents.core.bindings.kafka import from_kafka as sdk_from_kafka
 from cloudevents.core.formats.json import JSONFormat
 
-from headwater.runner.envelope import CloudEvent, epoch_iso, from_kafka, rfc3339, to_kafka
+from headwater.runner.envelope import (
+    CloudEvent,
+    epoch_iso,
+    from_binary,
+    from_kafka,
+    rfc3339,
+    to_kafka,
+)
 from headwater.runner.errors import BadMessage
 from headwater.runner.runs.completion import completion_event
 from headwater.runner.runs.machine import Run, TaskRecord
@@ -125,3 +132,42 @@ def test_epoch_iso_agrees_with_rfc3339() -> None:
     for seconds in (0.0, 1732530000.1234, 1764064800.9999, 1764064800.0005):
         expected = rfc3339(datetime.fromtimestamp(seconds, UTC))
         assert epoch_iso(seconds) == expected, seconds
+
+
+@pytest.mark.parametrize("prefix", ["ce-", "ce_"])
+def test_from_binary_reads_either_prefix_as_from_kafka_does(prefix: str) -> None:
+    headers, value = to_kafka(EVENT)
+    attributes = {
+        (prefix + name[3:] if name.startswith("ce_") else name): raw.decode()
+        for name, raw in headers
+    }
+    assert from_binary(attributes, value, prefix) == EVENT == from_kafka(headers, value)
+
+
+@pytest.mark.parametrize("prefix", ["ce-", "ce_"])
+def test_from_binary_prefix_case_content_type_and_other_attributes(prefix: str) -> None:
+    attributes = {
+        f"{prefix}specversion": "1.0",
+        f"{prefix.upper()}ID": "e",
+        f"{prefix}source": "/s",
+        f"{prefix}type": "t",
+        "Content-Type": "text/plain",
+        "traceparent": "00-ab-cd-01",
+    }
+    event = from_binary(attributes, b"hello", prefix)
+    assert (event.id, event.data, event.datacontenttype, event.extensions) == (
+        "e",
+        "hello",
+        "text/plain",
+        {},
+    )
+    other = "ce_" if prefix == "ce-" else "ce-"
+    with pytest.raises(BadMessage, match="missing required attribute"):
+        from_binary(attributes, b"hello", other)
+
+
+def test_from_binary_says_why_data_is_bad() -> None:
+    attributes = {"ce-specversion": "1.0", "ce-id": "e", "ce-source": "/s", "ce-type": "t"}
+    with pytest.raises(BadMessage, match=r"^event data is not valid JSON"):
+        from_binary(attributes, b"{nope", "ce-")
+    assert from_binary(attributes, b"", "ce-").data is None
