@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.log import kafka
+from headwater.runner.log.reader import read_now
 from headwater.runner.settings import Settings
 
 
@@ -49,20 +50,23 @@ async def read_topic(
 
 
 async def read_all(settings: Settings, topic: str) -> list[Any]:
-    """Every committed record of ``topic`` written so far."""
-    consumer = _reader(settings, topic)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(partitions)
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            batch = await consumer.getmany(timeout_ms=250)
-            for partition_records in batch.values():
-                records.extend(partition_records)
-        return records
-    finally:
-        await consumer.stop()
+    """Every committed record of ``topic`` written so far (headwater's own topic reader)."""
+    return [record async for records in read_now(settings, topic) for record in records]
+
+
+async def poll(
+    check: Callable[[], Awaitable[tuple[bool, Any]]], within: float, failure: str
+) -> None:
+    """Await ``check()`` -> (done, state) every 0.2 s until done; past ``within`` seconds,
+    fail with ``failure`` and the last state."""
+    deadline = time.monotonic() + within
+    while True:
+        done, state = await check()
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{failure}: {state}")
+        await asyncio.sleep(0.2)
 
 
 async def wait_caught_up(settings: Settings, role: str, topic: str, within: float = 60.0) -> None:
@@ -73,24 +77,20 @@ async def wait_caught_up(settings: Settings, role: str, topic: str, within: floa
     probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None)
     await admin.start()
     await probe.start()
-    deadline = time.monotonic() + within
     try:
+        await probe.topics()  # the cluster's metadata, for the topic's partitions
         partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
-        if not partitions:
-            await probe.topics()
-            partitions = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic) or ()]
-        while True:
+
+        async def lag() -> tuple[bool, dict[TopicPartition, int]]:
             ends = await probe.end_offsets(partitions)
             committed = await admin.list_consumer_group_offsets(group)
-            lag = {
+            behind = {
                 tp: end - (committed[tp].offset if tp in committed else 0)
                 for tp, end in ends.items()
             }
-            if all(v <= 0 for v in lag.values()):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"group {group} still behind on {topic}: {lag}")
-            await asyncio.sleep(0.2)
+            return all(v <= 0 for v in behind.values()), behind
+
+        await poll(lag, within, f"group {group} still behind on {topic}")
     finally:
         await probe.stop()
         await admin.close()
@@ -104,21 +104,17 @@ async def wait_for_members(
     groups = [settings.topics.group(role) for role in roles]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     await admin.start()
-    deadline = time.monotonic() + within
+
+    async def stable() -> tuple[bool, dict[str, tuple[str, int]]]:
+        states = {}
+        for group in groups:  # one at a time: aiokafka misreads a reply about several
+            for response in await admin.describe_consumer_groups([group]):
+                for described in response.groups:  # (error, id, state, type, protocol, members…)
+                    states[group] = (described[2], len(described[5]))
+        return all(states.get(g) == ("Stable", members) for g in groups), states
+
     try:
-        while True:
-            states = {}
-            for group in groups:  # one at a time: aiokafka misreads a reply about several
-                for response in await admin.describe_consumer_groups([group]):
-                    for (
-                        described
-                    ) in response.groups:  # (error, id, state, type, protocol, members…)
-                        states[group] = (described[2], len(described[5]))
-            if all(states.get(g) == ("Stable", members) for g in groups):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"consumer groups not stable with {members} members: {states}")
-            await asyncio.sleep(0.2)
+        await poll(stable, within, f"consumer groups not stable with {members} members")
     finally:
         await admin.close()
 
@@ -163,3 +159,16 @@ async def eventually(check: Callable[[], bool], what: str, within: float = 30.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within:g}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def pipeline_file(
+    name: str, trigger: str, tasks: dict[str, str], *, batch: str | None = None
+) -> str:
+    """A pipeline file's text: one trigger on ``trigger`` (batching if ``batch`` is given,
+    as YAML flow text) and ``tasks`` (name -> the task's YAML flow mapping)."""
+    lines = [f"name: {name}", "triggers:", f"  - type: {trigger}"]
+    if batch is not None:
+        lines.append(f"    batch: {batch}")
+    lines.append("tasks:")
+    lines += [f"  {task}: {spec}" for task, spec in tasks.items()]
+    return "\n".join(lines) + "\n"

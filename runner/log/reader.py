@@ -23,17 +23,29 @@ async def read_partition(
     settings: Settings, topic: str, partition: int
 ) -> AsyncIterator[list[Any]]:
     """Yield the partition's records in fetched batches, oldest first."""
-    tp = TopicPartition(topic, partition)
+    async for records in read_now(settings, topic, [partition]):
+        yield records
+
+
+async def read_now(
+    settings: Settings, topic: str, partitions: list[int] | None = None
+) -> AsyncIterator[list[Any]]:
+    """Yield the records of ``partitions`` (default: all of the topic's) in fetched
+    batches, each partition's oldest first, up to the end each had when reading began."""
     reader = kafka.consumer(settings, group=None)
     await reader.start()
     try:
-        reader.assign([tp])
-        await reader.seek_to_beginning(tp)
-        end = (await reader.end_offsets([tp]))[tp]
-        while await reader.position(tp) < end:
-            batch = await reader.getmany(tp, timeout_ms=500, max_records=FETCH_RECORDS)
-            records = batch.get(tp)
-            if records:
-                yield records
+        if partitions is None:
+            await reader.topics()  # loads the cluster's metadata
+            partitions = sorted(reader.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in partitions]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        while [tp for tp, end in ends.items() if await reader.position(tp) < end]:
+            batch = await reader.getmany(*tps, timeout_ms=500, max_records=FETCH_RECORDS)
+            for records in batch.values():
+                if records:
+                    yield records
     finally:
         await reader.stop()

@@ -128,13 +128,18 @@ def encode_control(message: Control) -> bytes:
     return orjson.dumps({"kind": _KIND_OF[type(message)], **fields})
 
 
-def decode_control(value: bytes | None) -> Control:
+def _json_object(value: bytes | None, what: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"control message is not JSON: {exc}") from None
+        raise BadMessage(f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise BadMessage("control message must be a JSON object")
+        raise BadMessage(f"{what} must be a JSON object")
+    return obj
+
+
+def decode_control(value: bytes | None) -> Control:
+    obj = _json_object(value, "control message")
     kind = obj.pop("kind", None)
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -191,12 +196,7 @@ def encode_task_request(
 
 
 def decode_task_request(value: bytes | None) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"task request is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise BadMessage("task request must be a JSON object")
+    obj = _json_object(value, "task request")
     for name, expected in _REQUEST_FIELDS.items():
         if name not in obj:
             raise BadMessage(f"task request is missing {name!r}")

@@ -11,18 +11,14 @@ import pytest
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import by_trigger, publish, read_topic
+from tests.kafkatools import by_trigger, pipeline_file, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 FILES = {
-    "stuck.yaml": """\
-name: stuck
-triggers:
-  - type: test.stuck
-tasks:
-  work: {python: "stuck_tasks:work", timeout: 1s}
-""",
+    "stuck.yaml": pipeline_file(
+        "stuck", "test.stuck", {"work": '{python: "stuck_tasks:work", timeout: 1s}'}
+    ),
     "stuck_tasks.py": """\
 import threading
 

@@ -14,18 +14,16 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import publish, read_topic
+from tests.kafkatools import pipeline_file, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 FILES = {
-    "lossy.yaml": """\
-name: lossy
-triggers:
-  - type: test.lossy
-tasks:
-  work: {python: "lossy_tasks:work", retries: 1, timeout: 2s, backoff: {initial: 100ms}}
-""",
+    "lossy.yaml": pipeline_file(
+        "lossy",
+        "test.lossy",
+        {"work": '{python: "lossy_tasks:work", retries: 1, timeout: 2s, backoff: {initial: 0.1}}'},
+    ),
     "lossy_tasks.py": """\
 import asyncio, pathlib
 

@@ -14,19 +14,15 @@ from google.cloud import pubsub_v1
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import read_topic
+from tests.kafkatools import pipeline_file, read_topic
 from tests.servers.services import PubSubServer
 
 pytestmark = pytest.mark.integration
 
 FILES = {
-    "published.yaml": """\
-name: published
-triggers:
-  - type: google.pubsub.message.published
-tasks:
-  note: {python: "published_tasks:note"}
-""",
+    "published.yaml": pipeline_file(
+        "published", "google.pubsub.message.published", {"note": '{python: "published_tasks:note"}'}
+    ),
     "published_tasks.py": "def note(ctx):\n    return {'n': ctx.event['data']['message']['n']}\n",
 }
 

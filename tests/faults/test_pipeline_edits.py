@@ -18,7 +18,7 @@ import pytest
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import by_trigger, publish, read_topic
+from tests.kafkatools import by_trigger, pipeline_file, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,7 @@ def first(ctx):
 def second(ctx):
     return {"task": "second"}
 """
-ONE_TASK = """\
-name: edited
-triggers:
-  - type: test.edit
-tasks:
-  first: {python: "edit_tasks:first"}
-"""
+ONE_TASK = pipeline_file("edited", "test.edit", {"first": '{python: "edit_tasks:first"}'})
 TWO_TASKS = ONE_TASK + '  second: {python: "edit_tasks:second", needs: [first]}\n'
 RENAMED = ONE_TASK.replace("  first:", "  renamed:")
 OTHER = ONE_TASK.replace("name: edited", "name: other").replace("test.edit", "test.other")

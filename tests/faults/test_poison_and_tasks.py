@@ -16,17 +16,12 @@ import pytest
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import by_trigger, publish, read_all, read_topic
+from tests.kafkatools import by_trigger, pipeline_file, publish, read_all, read_topic
+from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """\
-name: guarded
-triggers:
-  - type: test.job
-tasks:
-  work: {python: "guarded_tasks:work"}
-"""
+PIPELINE = pipeline_file("guarded", "test.job", {"work": '{python: "guarded_tasks:work"}'})
 TASKS = """\
 import sys
 
@@ -43,15 +38,20 @@ def work(ctx):
 FILES = {"guarded.yaml": PIPELINE, "guarded_tasks.py": TASKS}
 
 
+@pytest.fixture
+async def runner(headwater_dev: Start) -> HeadwaterProcess:
+    process = headwater_dev(FILES)
+    await process.output_shows("headwater dev:")
+    return process
+
+
 def done(ids: list[str]) -> object:
     return lambda records: all(i in by_trigger(records) for i in ids)
 
 
 async def test_poison_headers_go_to_the_dlq_and_routing_goes_on(
-    settings: Settings, headwater_dev: Start
+    settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    runner = headwater_dev(FILES)
-    await runner.output_shows("headwater dev:")
     await publish(settings, "test.job", ["before"])
     await read_topic(settings, settings.topics.completions, done(["before"]))
     producer = kafka.producer(settings)
@@ -80,10 +80,8 @@ async def test_poison_headers_go_to_the_dlq_and_routing_goes_on(
 
 
 async def test_a_task_that_exits_fails_its_run_not_the_process(
-    settings: Settings, headwater_dev: Start
+    settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    runner = headwater_dev(FILES)
-    await runner.output_shows("headwater dev:")
     ids = ["exit-1", "interrupt-1", "ok-1", "exit-2", "ok-2"]
     await publish(settings, "test.job", ids)
     records = await read_topic(settings, settings.topics.completions, done(ids), within=90)
@@ -97,10 +95,8 @@ async def test_a_task_that_exits_fails_its_run_not_the_process(
 
 
 async def test_an_oversized_output_fails_its_run_and_the_worker_goes_on(
-    settings: Settings, headwater_dev: Start
+    settings: Settings, runner: HeadwaterProcess
 ) -> None:
-    runner = headwater_dev(FILES)
-    await runner.output_shows("headwater dev:")
     await publish(settings, "test.job", ["huge-1", "ok-1"])
     records = await read_topic(settings, settings.topics.completions, done(["huge-1", "ok-1"]))
     await publish(settings, "test.job", ["ok-2"])

@@ -10,18 +10,12 @@ import pytest
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import by_trigger, publish, read_topic
+from tests.kafkatools import by_trigger, pipeline_file, publish, read_topic
 
 pytestmark = pytest.mark.integration
 
 FILES = {
-    "steady.yaml": """\
-name: steady
-triggers:
-  - type: test.job
-tasks:
-  work: {python: "steady_tasks:work"}
-""",
+    "steady.yaml": pipeline_file("steady", "test.job", {"work": '{python: "steady_tasks:work"}'}),
     "steady_tasks.py": "def work(ctx):\n    return {'ok': True}\n",
 }
 GARBAGE = [b"not json", b'{"run_id": 1}', b"[]", b'{"tasks": {"a": 3}}']

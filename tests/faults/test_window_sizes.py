@@ -12,19 +12,17 @@ import pytest
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
-from tests.kafkatools import publish, read_all, read_topic
+from tests.kafkatools import pipeline_file, publish, read_all, read_topic
 
 pytestmark = pytest.mark.integration
 
 FILES = {
-    "sensors.yaml": """\
-name: sensors
-triggers:
-  - type: sensor.reading
-    batch: {max_events: 100000, max_wait: 3s}
-tasks:
-  count: {python: "sensor_tasks:count"}
-""",
+    "sensors.yaml": pipeline_file(
+        "sensors",
+        "sensor.reading",
+        {"count": '{python: "sensor_tasks:count"}'},
+        batch="{max_events: 100000, max_wait: 3s}",
+    ),
     "sensor_tasks.py": """\
 def count(ctx):
     return {"n": len(ctx.events), "ids": sorted(int(e["id"]) for e in ctx.events)[:1]}

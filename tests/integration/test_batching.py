@@ -13,36 +13,30 @@ import orjson
 import pytest
 
 from headwater.runner.settings import Settings
-from tests.kafkatools import publish, read_topic
+from tests.kafkatools import pipeline_file, publish, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
 
 PIPELINES = {
-    "counted.yaml": """\
-name: counted
-triggers:
-  - type: test.reading
-    batch: {max_events: 50, max_wait: 3s}
-tasks:
-  collect: {python: "batch_tasks:collect"}
-""",
-    "debounced.yaml": """\
-name: debounced
-triggers:
-  - type: test.upload
-    batch: {key: subject, quiet_for: 1s}
-tasks:
-  collect: {python: "batch_tasks:collect"}
-""",
-    "held.yaml": """\
-name: held
-triggers:
-  - type: test.held
-    batch: {max_events: 100, max_wait: 5m}
-tasks:
-  collect: {python: "batch_tasks:collect"}
-""",
+    "counted.yaml": pipeline_file(
+        "counted",
+        "test.reading",
+        {"collect": '{python: "batch_tasks:collect"}'},
+        batch="{max_events: 50, max_wait: 3s}",
+    ),
+    "debounced.yaml": pipeline_file(
+        "debounced",
+        "test.upload",
+        {"collect": '{python: "batch_tasks:collect"}'},
+        batch="{key: subject, quiet_for: 1s}",
+    ),
+    "held.yaml": pipeline_file(
+        "held",
+        "test.held",
+        {"collect": '{python: "batch_tasks:collect"}'},
+        batch="{max_events: 100, max_wait: 5m}",
+    ),
 }
 TASKS = """\
 async def collect(ctx):

@@ -14,18 +14,12 @@ import pytest
 
 from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
-from tests.kafkatools import publish, read_all, read_topic
+from tests.kafkatools import pipeline_file, publish, read_all, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """\
-name: kept
-triggers:
-  - type: test.once
-tasks:
-  noop: {python: "kept_tasks:noop"}
-"""
+PIPELINE = pipeline_file("kept", "test.once", {"noop": '{python: "kept_tasks:noop"}'})
 TASKS = """\
 async def noop(ctx):
     return None

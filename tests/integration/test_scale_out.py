@@ -14,18 +14,12 @@ import orjson
 import pytest
 
 from headwater.runner.settings import Settings
-from tests.kafkatools import publish, read_all, read_topic, wait_for_members
+from tests.kafkatools import pipeline_file, publish, read_all, read_topic, wait_for_members
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """\
-name: shared
-triggers:
-  - type: test.job
-tasks:
-  work: {python: "shared_tasks:work"}
-"""
+PIPELINE = pipeline_file("shared", "test.job", {"work": '{python: "shared_tasks:work"}'})
 TASKS = """\
 import asyncio, os
 

@@ -16,18 +16,12 @@ import orjson
 import pytest
 
 from headwater.runner.settings import Settings
-from tests.kafkatools import publish, read_all, read_topic
+from tests.kafkatools import pipeline_file, publish, read_all, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
 
-PIPELINE = """\
-name: held
-triggers:
-  - type: test.job
-tasks:
-  work: {python: "held_tasks:work"}
-"""
+PIPELINE = pipeline_file("held", "test.job", {"work": '{python: "held_tasks:work"}'})
 TASKS = """\
 import asyncio, pathlib
 

@@ -205,8 +205,7 @@ def test_each_problem_is_one_exact_line(tmp_path: Path, task: str, expected: str
     assert problems_of(path) == [f"{path}:{expected}"]
 
 
-def test_unknown_trigger_field_and_bad_condition(tmp_path: Path) -> None:
-    text = """\
+UNKNOWN_FIELDS = """\
 name: demo
 triggers:
   - type: t
@@ -217,49 +216,62 @@ triggers:
 tasks:
   a: {python: m:f}
 """
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            UNKNOWN_FIELDS,
+            [
+                "4: triggers[0].bogus: unknown field",
+                "6: triggers[0].data.size.greater: unknown field",
+                "7: triggers[0].data.tags: must be a plain value (compared with eq) or a "
+                "mapping of operators such as {gt: 0} (got a list)",
+            ],
+            id="unknown-trigger-field-and-bad-condition",
+        ),
+        pytest.param(
+            "# a comment\ntriggers:\n  - source: s\ntasks:\n  a: {python: m:f}\n",
+            [
+                "2: name: required field is missing",
+                "3: triggers[0].type: required field is missing",
+            ],
+            id="missing-required-at-the-parent-mapping",
+        ),
+        pytest.param(
+            HEAD + "  a: {python: m:a, needs: [b]}\n  b: {python: m:b, needs: [a]}\n",
+            ["5: tasks: cycle a -> b -> a"],
+            id="cycle-with-its-path",
+        ),
+        pytest.param(
+            "name: demo\ntriggers:\n  - type: t\n    bad: : x\n",
+            ["4: <yaml>: mapping values are not allowed here"],
+            id="yaml-syntax-error-is-one-line",
+        ),
+        pytest.param(
+            HEAD + "  a:\n    python: m:f\n    needs: [x]\n    timeout: soon\n    route: Fast\n",
+            [
+                '7: tasks.a.needs[0]: unknown task "x"',
+                "8: tasks.a.timeout: 'soon' is not a duration like 30s, 5m, 250ms",
+                "9: tasks.a.route: must be a route name of lowercase letters, digits, '_' or '-' "
+                '(got "Fast")',
+            ],
+            id="all-problems-of-a-file-in-line-order",
+        ),
+    ],
+)
+def test_problems_of_a_file_are_exact_lines_in_order(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
     path = write(tmp_path, text)
-    assert problems_of(path) == [
-        f"{path}:4: triggers[0].bogus: unknown field",
-        f"{path}:6: triggers[0].data.size.greater: unknown field",
-        f"{path}:7: triggers[0].data.tags: must be a plain value (compared with eq) or a mapping "
-        "of operators such as {gt: 0} (got a list)",
-    ]
-
-
-def test_missing_required_is_reported_at_the_parent_mapping(tmp_path: Path) -> None:
-    path = write(tmp_path, "# a comment\ntriggers:\n  - source: s\ntasks:\n  a: {python: m:f}\n")
-    assert problems_of(path) == [
-        f"{path}:2: name: required field is missing",
-        f"{path}:3: triggers[0].type: required field is missing",
-    ]
-
-
-def test_cycle_is_reported_with_its_path(tmp_path: Path) -> None:
-    text = HEAD + "  a: {python: m:a, needs: [b]}\n  b: {python: m:b, needs: [a]}\n"
-    path = write(tmp_path, text)
-    assert problems_of(path) == [f"{path}:5: tasks: cycle a -> b -> a"]
-
-
-def test_yaml_syntax_error_is_one_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: demo\ntriggers:\n  - type: t\n    bad: : x\n")
-    assert problems_of(path) == [f"{path}:4: <yaml>: mapping values are not allowed here"]
+    assert problems_of(path) == [f"{path}:{line}" for line in expected]
 
 
 def test_secret_reference_is_accepted(tmp_path: Path) -> None:
     text = HEAD + '  a:\n    python: m:f\n    with: {password: "${env:TOKEN}"}\n'
     task = load_pipeline(write(tmp_path, text)).task("a")
     assert task.params == {"password": "${env:TOKEN}"}
-
-
-def test_all_problems_of_a_file_in_line_order(tmp_path: Path) -> None:
-    text = HEAD + "  a:\n    python: m:f\n    needs: [x]\n    timeout: soon\n    route: Fast\n"
-    path = write(tmp_path, text)
-    assert problems_of(path) == [
-        f'{path}:7: tasks.a.needs[0]: unknown task "x"',
-        f"{path}:8: tasks.a.timeout: 'soon' is not a duration like 30s, 5m, 250ms",
-        f"{path}:9: tasks.a.route: must be a route name of lowercase letters, digits, '_' or '-' "
-        '(got "Fast")',
-    ]
 
 
 def test_problems_of_all_files_are_reported_together(tmp_path: Path) -> None:
