@@ -3,7 +3,8 @@
 A file is *finished* when its size and modification time have not changed for
 ``settle`` seconds (writers that are still copying are left alone). Hidden files
 (``.name``) and folders are ignored. After Kafka acknowledged the event the file is
-renamed into ``processed/`` (same filesystem, so the rename is atomic); until then it stays
+renamed into ``processed/<id>/`` (a folder per delivery, so a later file of the same name
+never overwrites it; same filesystem, so the rename is atomic); until then it stays
 where it was dropped, and a crash before the rename delivers it again with the same event
 id (derived from path, size and mtime), which the run table deduplicates.
 
@@ -107,16 +108,17 @@ class FileDropSource:
         return ready
 
     def _delivery(self, path: str, seen: _Seen) -> Delivery:
+        identity = f"{path}\x00{seen.size}\x00{seen.mtime_ns}"
+        message_id = str(uuid.uuid5(_ID_NAMESPACE, identity))
         body = {
             "dropped_path": path,
-            "path": str(self.processed / Path(path).name),
+            "path": str(self._destination(path, message_id)),
             "size": seen.size,
             "mtime_ns": seen.mtime_ns,
         }
-        identity = f"{path}\x00{seen.size}\x00{seen.mtime_ns}"
         return Delivery(
             kind=KIND,
-            message_id=str(uuid.uuid5(_ID_NAMESPACE, identity)),
+            message_id=message_id,
             body=orjson.dumps(body),
             handle=path,
             origin=self.name,
@@ -126,10 +128,17 @@ class FileDropSource:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             path = Path(delivery.handle)
+            destination = self._destination(delivery.handle, delivery.message_id)
+            destination.parent.mkdir(exist_ok=True)
             with contextlib.suppress(FileNotFoundError):  # removed by someone else meanwhile
-                os.replace(path, self.processed / path.name)
+                os.replace(path, destination)
             self._in_flight.discard(delivery.handle)
             self._seen.pop(delivery.handle, None)
+
+    def _destination(self, path: str, message_id: str) -> Path:
+        """Where a delivered file goes: a folder of its own per delivery, so a later file
+        of the same name never overwrites one whose run may still read it."""
+        return self.processed / message_id[:13] / Path(path).name
 
     async def nack(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:

@@ -23,7 +23,6 @@ import importlib
 import inspect
 import os
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -130,13 +129,20 @@ class SyncPool:
         self._size = size
         self._pool = self._new()
         self._abandoned = 0
+        self._calls: set[concurrent.futures.Future[Any]] = set()
 
     def _new(self) -> concurrent.futures.ThreadPoolExecutor:
         return concurrent.futures.ThreadPoolExecutor(self._size, thread_name_prefix="task")
 
+    def busy(self) -> int:
+        """How many calls are still running (abandoned ones included)."""
+        return sum(not call.done() for call in self._calls)
+
     async def run(self, function: Callable[..., Any], context: TaskContext) -> Any:
         pool = self._pool
         call = pool.submit(contextvars.copy_context().run, function, context)
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
         try:
             return await asyncio.wrap_future(call)
         except asyncio.CancelledError:  # timed out (or stopping)
@@ -152,8 +158,9 @@ _SYNC = SyncPool()
 
 
 def hung_threads() -> int:
-    """Sync tasks' threads still running (hung past their timeout, or still finishing)."""
-    return sum(t.name.startswith("task_") and t.is_alive() for t in threading.enumerate())
+    """Sync tasks' threads still running a task (hung past their timeout, or still
+    finishing one): idle pool threads do not count."""
+    return _SYNC.busy()
 
 
 async def _call(target: str, context: TaskContext) -> Any:

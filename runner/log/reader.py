@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
@@ -32,12 +33,13 @@ async def read_now(
 ) -> AsyncIterator[list[Any]]:
     """Yield the records of ``partitions`` (default: all of the topic's) in fetched
     batches, each partition's oldest first, up to the end each had when reading began."""
+    if partitions is None:  # all of them: as the cluster's metadata has them
+        partitions = await _partitions(settings, topic)
+    if not partitions:  # no such topic (yet): nothing in it
+        return
     reader = kafka.consumer(settings, group=None)
     await reader.start()
     try:
-        if partitions is None:
-            await reader.topics()  # loads the cluster's metadata
-            partitions = sorted(reader.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in partitions]
         reader.assign(tps)
         await reader.seek_to_beginning(*tps)
@@ -49,3 +51,15 @@ async def read_now(
                     yield records
     finally:
         await reader.stop()
+
+
+async def _partitions(settings: Settings, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code"):  # unknown topic
+        return []
+    return sorted(p["partition"] for p in described.get("partitions", ()))

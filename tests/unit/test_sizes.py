@@ -8,6 +8,7 @@ import pytest
 
 from headwater.runner.errors import BadMessage, RecordTooLarge
 from headwater.runner.log import kafka
+from headwater.runner.log import writer as writer_module
 from headwater.runner.log.records import DLQ_PAYLOAD_BYTES, dlq_record
 
 
@@ -21,7 +22,7 @@ async def test_a_record_over_the_limit_is_refused_before_it_is_added() -> None:
 def test_record_size_counts_key_value_and_headers() -> None:
     small = kafka.record_size(b"k", b"v")
     assert kafka.record_size(b"k", b"v", [("ce_id", b"123")]) == small + 5 + 3 + 8
-    assert kafka.record_size(None, None) == kafka.RECORD_OVERHEAD
+    assert kafka.record_size(None, None) == writer_module.RECORD_OVERHEAD
 
 
 def test_a_dlq_entry_keeps_the_head_of_a_huge_payload() -> None:
