@@ -146,20 +146,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        retention = env.get("HEADWATER_DEDUP_RETENTION")
-        try:
-            dedup_retention = DEDUP_RETENTION if retention is None else parse_duration(retention)
-        except ValueError as exc:
-            raise ConfigError(f"HEADWATER_DEDUP_RETENTION: {exc}") from None
-        if dedup_retention <= 0:
-            raise ConfigError("HEADWATER_DEDUP_RETENTION: must be longer than 0")
-        timeout = env.get("HEADWATER_TASK_TIMEOUT")
-        try:
-            task_timeout = TASK_TIMEOUT if timeout is None else parse_duration(timeout)
-        except ValueError as exc:
-            raise ConfigError(f"HEADWATER_TASK_TIMEOUT: {exc}") from None
-        if task_timeout <= 0:
-            raise ConfigError("HEADWATER_TASK_TIMEOUT: must be longer than 0")
+        dedup_retention = _positive_duration(env, "HEADWATER_DEDUP_RETENTION", DEDUP_RETENTION)
+        task_timeout = _positive_duration(env, "HEADWATER_TASK_TIMEOUT", TASK_TIMEOUT)
         max_output = env.get("HEADWATER_MAX_OUTPUT_BYTES", str(MAX_OUTPUT_BYTES))
         if not max_output.isdigit() or not 0 < int(max_output) <= MAX_OUTPUT_CEILING:
             raise ConfigError(
@@ -174,3 +162,15 @@ class Settings:
             max_output_bytes=int(max_output),
             task_timeout=task_timeout,
         )
+
+
+def _positive_duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds from the duration in ``env[name]`` (``default`` if unset); longer than 0."""
+    given = env.get(name)
+    try:
+        seconds = default if given is None else parse_duration(given)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{name}: must be longer than 0")
+    return seconds
