@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,21 +95,30 @@ _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
 #: The declared type of every field of every control message, as written in its class.
 _TYPES = {cls: {f.name: str(f.type) for f in dataclasses.fields(cls)} for cls in _KINDS.values()}
-_PLAIN_TYPES: dict[str, Any] = {
-    "str": str,
-    "bool": bool,
-    "str | None": (str, type(None)),
-    "dict[str, Any]": dict,
-}
-_TYPE_NAMES = {
-    "Any": "any JSON value",
-    "int": "an integer",
-    "float": "a number",
-    "list[dict[str, Any]]": "a list of objects",
-    "str": "a string",
-    "bool": "true or false",
-    "str | None": "a string or null",
-    "dict[str, Any]": "an object",
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _objects(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+#: Each declared field type: the test of a decoded JSON value, and its name in an error.
+_JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "Any": (lambda value: True, "any JSON value"),
+    "int": (_integer, "an integer"),
+    "float": (_number, "a number"),
+    "list[dict[str, Any]]": (_objects, "a list of objects"),
+    "str": (lambda value: isinstance(value, str), "a string"),
+    "bool": (lambda value: isinstance(value, bool), "true or false"),
+    "str | None": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "dict[str, Any]": (lambda value: isinstance(value, dict), "an object"),
 }
 
 
@@ -151,28 +160,15 @@ def decode_control(value: bytes | None) -> Control:
         raise BadMessage(f"control message {kind}: {exc}") from None
 
 
-def _check_fields(what: str, obj: dict[str, Any], types: dict[str, Any]) -> None:
+def _check_fields(what: str, obj: dict[str, Any], types: dict[str, str]) -> None:
     """Every field has the JSON type its message declares (orjson gives no other)."""
     for name, value in obj.items():
         expected = types.get(name)
         if expected is None:
             raise BadMessage(f"{what}: unexpected field {name!r}")
-        if not _has_type(value, expected):
-            raise BadMessage(f"{what}: field {name!r} must be {_TYPE_NAMES[expected]}")
-
-
-def _has_type(value: Any, expected: str) -> bool:
-    match expected:
-        case "Any":
-            return True
-        case "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        case "float":
-            return isinstance(value, int | float) and not isinstance(value, bool)
-        case "list[dict[str, Any]]":
-            return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-        case _:
-            return isinstance(value, _PLAIN_TYPES[expected])
+        holds, called = _JSON_TYPES[expected]
+        if not holds(value):
+            raise BadMessage(f"{what}: field {name!r} must be {called}")
 
 
 def encode_task_request(
@@ -197,11 +193,11 @@ def encode_task_request(
 
 def decode_task_request(value: bytes | None) -> dict[str, Any]:
     obj = _json_object(value, "task request")
-    for name, expected in _REQUEST_FIELDS.items():
+    for name in _REQUEST_FIELDS:
         if name not in obj:
             raise BadMessage(f"task request is missing {name!r}")
-        if not _has_type(obj[name], expected):
-            raise BadMessage(f"task request: field {name!r} must be {_TYPE_NAMES[expected]}")
+    known = {name: obj[name] for name in _REQUEST_FIELDS}
+    _check_fields("task request", known, _REQUEST_FIELDS)
     return dict(obj)
 
 
