@@ -152,8 +152,14 @@ class ControlProcessor:
         for window_key, (partition, window) in changes.windows.items():
             key, maybe = changelog.window_record(window_key, window)
             await writer.add(topics.runs, maybe, key=key, partition=partition)
+        for partition, closed in changes.closed:
+            key, maybe = changelog.closed_record(closed, closed.run_id)
+            await writer.add(topics.runs, maybe, key=key, partition=partition)
         for partition, run_id in changes.expired:
             await writer.add(topics.runs, None, key=run_id.encode(), partition=partition)
+        for partition, run_id in changes.expired_closed:
+            key, _ = changelog.closed_record(None, run_id)
+            await writer.add(topics.runs, None, key=key, partition=partition)
         for output in changes.outputs:
             match output:
                 case Dispatched(route=route, run_id=run_id, value=value):

@@ -156,7 +156,7 @@ class _Windows:
     def add(self, match: Match, event: CloudEvent, size: int) -> None:
         assert match.trigger.batch is not None
         key = key_value(event, match.trigger.batch.key)
-        window = window_key(match.pipeline.name, match.position, key)
+        window = window_key(match.pipeline.name, match.trigger.id, key)
         gathered = self._gathered.get(window)
         if gathered is None:
             gathered = self._gathered[window] = _Gathered(match, key)
@@ -171,6 +171,6 @@ class _Windows:
 
     def messages(self) -> Iterable[EventsBatched]:
         for window, gathered in self._gathered.items():
-            name, position = gathered.match.pipeline.name, gathered.match.position
+            name, trigger = gathered.match.pipeline.name, gathered.match.trigger.id
             for events in gathered.chunks:
-                yield EventsBatched(window, name, position, gathered.key, events)
+                yield EventsBatched(window, name, trigger, gathered.key, events)

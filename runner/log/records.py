@@ -61,11 +61,12 @@ class MarkersDue:
 
 @dataclass(frozen=True, slots=True)
 class EventsBatched:
-    """Events one trigger matched, in order, for one window key."""
+    """Events one trigger matched, in order, for one window key. ``trigger`` is the
+    trigger's id (its position in records written before triggers had ids)."""
 
     window: str
     pipeline: str
-    trigger: int
+    trigger: str | int
     key: str | None
     events: list[dict[str, Any]]
 
@@ -118,6 +119,7 @@ _JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda value: isinstance(value, str), "a string"),
     "bool": (lambda value: isinstance(value, bool), "true or false"),
     "str | None": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "str | int": (lambda value: isinstance(value, str) or _integer(value), "a string or integer"),
     "dict[str, Any]": (lambda value: isinstance(value, dict), "an object"),
 }
 

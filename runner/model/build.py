@@ -6,8 +6,12 @@ topological order of ``needs`` (ready tasks in file order).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+from dataclasses import replace
 from typing import Any, cast
+
+import orjson
 
 from headwater.runner.durations import parse_duration
 from headwater.runner.flow.backoff import Backoff
@@ -50,7 +54,7 @@ def build(data: dict[str, Any], file: str) -> Pipeline:
     tasks = {name: _task(name, spec) for name, spec in data["tasks"].items()}
     return Pipeline(
         name=data["name"],
-        triggers=tuple(_trigger(spec) for spec in data["triggers"]),
+        triggers=_identified([_trigger(spec) for spec in data["triggers"]]),
         tasks=_topological(tasks),
         file=file,
         description=data.get("description", ""),
@@ -64,13 +68,34 @@ def _trigger(spec: dict[str, Any]) -> Trigger:
         operators = test if isinstance(test, dict) else {"eq": test}
         for op, value in operators.items():
             conditions.append(Condition(path, cast(Comparison, op), value))
+    batch = _batching(spec["batch"]) if "batch" in spec else None
     return Trigger(
         spec["type"],
         spec.get("source"),
         spec.get("subject"),
         tuple(conditions),
-        _batching(spec["batch"]) if "batch" in spec else None,
+        batch,
+        spec.get("id") or _derived_id(spec),
     )
+
+
+def _derived_id(spec: dict[str, Any]) -> str:
+    """A trigger's id from what it matches and its batching key: stable across edits of
+    anything else (its position, its window sizes and times)."""
+    matches = {name: spec.get(name) for name in ("type", "source", "subject", "data")}
+    matches["key"] = spec.get("batch", {}).get("key")
+    digest = hashlib.sha256(orjson.dumps(matches, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return "t-" + digest[:16]
+
+
+def _identified(triggers: list[Trigger]) -> tuple[Trigger, ...]:
+    """Two triggers that match alike get their derived ids told apart by occurrence."""
+    seen: dict[str, int] = {}
+    unique = []
+    for trigger in triggers:
+        count = seen[trigger.id] = seen.get(trigger.id, 0) + 1
+        unique.append(trigger if count == 1 else replace(trigger, id=f"{trigger.id}.{count}"))
+    return tuple(unique)
 
 
 def _batching(spec: dict[str, Any]) -> Batching:

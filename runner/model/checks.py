@@ -64,6 +64,19 @@ def duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
                     yield ("tasks", name, *where), str(exc)
 
 
+def trigger_id_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
+    """Two triggers of one pipeline may not share an ``id``."""
+    first: dict[str, int] = {}
+    for index, trigger in enumerate(triggers):
+        given = trigger.get("id") if isinstance(trigger, dict) else None
+        if not isinstance(given, str):
+            continue
+        if given in first:
+            yield ("triggers", index, "id"), f"{given!r} is already trigger {first[given]}'s id"
+        else:
+            first[given] = index
+
+
 def batch_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
     for index, trigger in enumerate(triggers):
         batch = trigger.get("batch") if isinstance(trigger, dict) else None

@@ -158,6 +158,7 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     triggers = data.get("triggers") if isinstance(data, dict) else None
     if isinstance(triggers, list):
         found += checks.batch_problems(triggers)
+        found += checks.trigger_id_problems(triggers)
     problems = [_Problem(_line_of(root, at), field_name(at), msg) for at, msg in found]
     problems += [
         _Problem(_line_of(root, at, of_value=True), field_name(at), msg)

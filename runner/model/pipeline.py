@@ -44,13 +44,19 @@ class Batching:
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """An event filter. ``type``/``source``/``subject`` are exact strings or globs.
-    Without ``batch``, every matching event starts one run."""
+    Without ``batch``, every matching event starts one run.
+
+    ``id`` names the trigger across edits of its pipeline (a batching trigger's windows
+    are kept under it): the file's ``id:``, else derived from what the trigger matches
+    and its batching ``key`` (so moving a trigger or tuning ``max_wait`` keeps its open
+    windows; changing what it matches starts new ones)."""
 
     type: str
     source: str | None = None
     subject: str | None = None
     conditions: tuple[Condition, ...] = ()
     batch: Batching | None = None
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +88,15 @@ class Pipeline:
     file: str = "<memory>"
     description: str = ""
 
-    def batch_of(self, trigger: int) -> Batching | None:
-        """The batching of trigger number ``trigger``, if it batches."""
-        return self.triggers[trigger].batch if 0 <= trigger < len(self.triggers) else None
+    def batch_of(self, trigger: str | int) -> Batching | None:
+        """The batching of the trigger with id ``trigger`` (or, in records written before
+        triggers had ids, at that position), if it batches."""
+        if isinstance(trigger, int):
+            return self.triggers[trigger].batch if 0 <= trigger < len(self.triggers) else None
+        for candidate in self.triggers:
+            if candidate.id == trigger:
+                return candidate.batch
+        return None
 
     def task(self, name: str) -> Task:
         for task in self.tasks:

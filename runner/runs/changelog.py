@@ -3,9 +3,10 @@
 The ``runs`` topic has as many partitions as ``control``, and a run's (or window's)
 record is written to the partition of the control partition that owns it, so restoring
 one control partition reads one changelog partition. Keys are the run id, or
-``window:`` + the window key (run ids are UUIDs, so they never clash); a ``None`` value is
-a tombstone (a closed window, an expired marker). What must hold: folding the records in
-order gives back the table the last committed transaction left.
+``window:`` + the window key, or ``closed:`` + the run id of a closed window (its event
+ids, for the dedup retention); run ids are UUIDs, so they never clash. A ``None`` value is
+a tombstone (a closed window, an expired marker, expired ids). What must hold: folding
+the records in order gives back the table the last committed transaction left.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from headwater.runner.errors import BadMessage
 from headwater.runner.log.reader import read_partition
 from headwater.runner.runs.machine import Run
 from headwater.runner.runs.table import Partition, marker
-from headwater.runner.runs.windows import Window
+from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import Settings
 
 WINDOW_PREFIX = "window:"
+CLOSED_PREFIX = "closed:"
 
 
 def run_record(run: Run) -> tuple[bytes, bytes]:
@@ -31,6 +33,11 @@ def run_record(run: Run) -> tuple[bytes, bytes]:
 def window_record(key: str, window: Window | None) -> tuple[bytes, bytes | None]:
     value = None if window is None else orjson.dumps(window.to_json())
     return (WINDOW_PREFIX + key).encode(), value
+
+
+def closed_record(closed: Closed | None, run_id: str) -> tuple[bytes, bytes | None]:
+    value = None if closed is None else orjson.dumps(closed.to_json())
+    return (CLOSED_PREFIX + run_id).encode(), value
 
 
 def fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
@@ -52,6 +59,11 @@ def _fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
             table.windows.pop(name, None)
         else:
             table.windows[name] = Window.from_json(orjson.loads(value))
+    elif name.startswith(CLOSED_PREFIX):
+        if value is None:
+            table.drop_closed(name[len(CLOSED_PREFIX) :])
+        else:
+            table.keep_closed(Closed.from_json(orjson.loads(value)))
     elif value is None:
         table.runs.pop(name, None)
     else:

@@ -45,7 +45,7 @@ from headwater.runner.runs.machine import (
     fail,
     step,
 )
-from headwater.runner.runs.windows import Window
+from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import TASK_TIMEOUT
 
 LOST_GRACE = 60.0  # seconds at most, on top of twice a task's timeout
@@ -54,10 +54,27 @@ SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short 
 
 @dataclass
 class Partition:
-    """What one control partition holds: its runs (and markers) and its open windows."""
+    """What one control partition holds: its runs (and markers), its open windows and the
+    event ids of its closed ones (``closed`` by run id, indexed in ``batched`` by window,
+    source and event id)."""
 
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
+    closed: dict[str, Closed] = field(default_factory=dict)
+    batched: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def keep_closed(self, closed: Closed) -> None:
+        self.closed[closed.run_id] = closed
+        for source, event_id in closed.ids:
+            self.batched[(closed.window, source, event_id)] = closed.run_id
+
+    def drop_closed(self, run_id: str) -> None:
+        closed = self.closed.pop(run_id, None)
+        if closed is None:
+            return
+        for source, event_id in closed.ids:
+            if self.batched.get((closed.window, source, event_id)) == run_id:
+                del self.batched[(closed.window, source, event_id)]
 
 
 # --- what applying messages causes, in the order it arose --------------------------------
@@ -98,8 +115,10 @@ class Changes:
 
     runs: dict[str, tuple[int, Run]] = field(default_factory=dict)
     windows: dict[str, tuple[int, Window | None]] = field(default_factory=dict)
+    closed: list[tuple[int, Closed]] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
-    expired: list[tuple[int, str]] = field(default_factory=list)
+    expired: list[tuple[int, str]] = field(default_factory=list)  # finished runs' markers
+    expired_closed: list[tuple[int, str]] = field(default_factory=list)  # by run id
     timers: list[tuple[int, Due, float]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
 
@@ -184,6 +203,8 @@ class RunTable:
                 self._partitions[partition].runs[run.run_id] = marker(run)
         for partition, run_id in changes.expired:
             self._partitions[partition].runs.pop(run_id, None)
+        for partition, run_id in changes.expired_closed:
+            self._partitions[partition].drop_closed(run_id)
 
     def _apply_window(
         self,
@@ -194,19 +215,25 @@ class RunTable:
     ) -> str | None:
         window = table.windows.get(message.window)
         if isinstance(message, EventsBatched):
-            name, position = message.pipeline, message.trigger
+            name, trigger = message.pipeline, message.trigger
         elif window is not None and window.opened_at == message.opened_at:
-            name, position = window.pipeline, window.trigger
+            name, trigger = window.pipeline, window.trigger
         else:
             return None  # the timer of a window that closed already
         pipeline = self._pipelines.get(name)
-        spec = pipeline.batch_of(position) if pipeline else None
+        spec = pipeline.batch_of(trigger) if pipeline else None
         if spec is None:
-            return f"pipeline {name!r} has no batching trigger #{position} in this runner"
+            return f"pipeline {name!r} has no batching trigger {trigger!r} in this runner"
+        now = self._clock()
         if isinstance(message, EventsBatched):
-            fold = windows.add(window, message, spec, self._clock())
+            key = message.window
+
+            def closed(identity: tuple[str, str]) -> bool:
+                return (key, *identity) in table.batched
+
+            fold = windows.add(window, message, spec, now, closed)
         else:
-            fold = windows.due(window, message, spec, self._clock())
+            fold = windows.due(window, message, spec, now)
         if fold.window is None:
             table.windows.pop(message.window, None)
         else:
@@ -216,7 +243,11 @@ class RunTable:
         if fold.window is not None and fold.check_at is not None:
             due = WindowDue(message.window, fold.window.opened_at)
             changes.timers.append((partition, due, fold.check_at))
-        changes.outputs.extend(fold.runs)  # each lives in the partition of its own id
+        for run in fold.runs:  # each lives in the partition of its own id
+            closed_window = Closed.of(run, message.window, now)
+            table.keep_closed(closed_window)  # a later event of this batch sees it
+            changes.closed.append((partition, closed_window))
+        changes.outputs.extend(fold.runs)
         return None
 
     def _apply_run(
@@ -279,6 +310,9 @@ class RunTable:
         now = self._clock()
         for run_id in expired_markers(table.runs, now, self._retention):
             changes.expired.append((partition, run_id))
+        for closed in table.closed.values():
+            if closed.closed_at + self._retention <= now:
+                changes.expired_closed.append((partition, closed.run_id))
         for run in [run for run in table.runs.values() if run.status == "running"]:
             for name, task in list(run.tasks.items()):
                 if task.status == "dispatched" and task.deadline and task.deadline <= now:

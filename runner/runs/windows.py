@@ -9,8 +9,10 @@ other); its event is a ``headwater.batch`` CloudEvent carrying the window's even
 ``data.events``. What must always hold:
 
 - an event is in at most one window: the router writes transactionally (a re-read event
-  is not sent twice), and a window drops an event whose source and id it already holds
-  (a source that delivered one event twice);
+  is not sent twice), and a window drops an event whose source and id it already holds,
+  or that a closed window of the same key held (a source that delivered one event twice,
+  even after its window closed): a closed window's event ids are kept as ``Closed`` for
+  the dedup retention;
 - a window's events travel in one Kafka message (the run's task requests), so a window
   also closes when its events reach ``MAX_BYTES``;
 - the run id of a closed window derives from the window's key, opening time and first
@@ -24,6 +26,7 @@ the events' own ``time``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +44,7 @@ MAX_BYTES = 512 * 1024
 CloseReason = Literal["max_events", "max_wait", "quiet_for", "max_bytes"]
 
 
-def window_key(pipeline: str, trigger: int, key: str | None) -> str:
+def window_key(pipeline: str, trigger: str, key: str | None) -> str:
     """The id of the window a pipeline's trigger keeps for one key value."""
     return orjson.dumps([pipeline, trigger, key]).decode()
 
@@ -68,7 +71,7 @@ def key_value(event: CloudEvent, key: str | None) -> str | None:
 class Window:
     window: str
     pipeline: str
-    trigger: int
+    trigger: str | int  # its id; a position in windows opened before triggers had ids
     key: str | None
     opened_at: float
     last_at: float
@@ -111,6 +114,34 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Closed:
+    """The event ids (source, id) of a window that closed into run ``run_id``: a
+    redelivery of one of them is dropped until the dedup retention has passed."""
+
+    run_id: str
+    window: str
+    closed_at: float
+    ids: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "window": self.window,
+            "closed_at": self.closed_at,
+            "ids": self.ids,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Closed:
+        ids = tuple((str(source), str(id_)) for source, id_ in obj["ids"])
+        return cls(str(obj["run_id"]), str(obj["window"]), float(obj["closed_at"]), ids)
+
+    @classmethod
+    def of(cls, run: RunRequested, window: str, now: float) -> Closed:
+        return cls(run.run_id, window, now, tuple(map(_identity, run.event["data"]["events"])))
+
+
+@dataclass(frozen=True, slots=True)
 class Fold:
     """The outcome of ``add`` or ``due``: the window left open (if any), the runs of the
     windows that closed, and when to check the open window again (``None``: no new timer).
@@ -121,15 +152,27 @@ class Fold:
     check_at: float | None = None
 
 
-def add(window: Window | None, message: EventsBatched, spec: Batching, now: float) -> Fold:
-    """Append ``message``'s events to the open window, closing it whenever it is full."""
+def add(
+    window: Window | None,
+    message: EventsBatched,
+    spec: Batching,
+    now: float,
+    closed: Callable[[tuple[str, str]], bool] = lambda identity: False,
+) -> Fold:
+    """Append ``message``'s events to the open window, closing it whenever it is full;
+    ``closed`` says whether an event (source, id) was in a closed window of this key."""
     original, runs = window, []
+    just_closed: set[tuple[str, str]] = set()  # by this message
     for event in message.events:
-        if window is not None and _identity(event) in window.seen:
+        identity = _identity(event)
+        if window is not None and identity in window.seen:
             continue  # the source delivered this event twice
+        if identity in just_closed or closed(identity):
+            continue  # ... and the window that took it closed already
         size = len(orjson.dumps(event))
         if window is not None and window.size + size > MAX_BYTES:
             runs.append(close(window, "max_bytes", now))
+            just_closed |= window.seen
             window = None
         if window is None:
             window = Window(
@@ -139,6 +182,7 @@ def add(window: Window | None, message: EventsBatched, spec: Batching, now: floa
         window.last_at = now
         if spec.max_events is not None and len(window.events) >= spec.max_events:
             runs.append(close(window, "max_events", now))
+            just_closed |= window.seen
             window = None
     if window is None or window is original:
         return Fold(window, runs)

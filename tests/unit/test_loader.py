@@ -354,3 +354,28 @@ tasks:
         "(got 0)",
         f"{path}:10: triggers[2].batch.max_wait: 'soon' is not a duration like 30s, 5m, 250ms",
     ]
+
+
+def test_trigger_ids_survive_moves_and_window_tuning_but_not_a_new_match(
+    tmp_path: Path,
+) -> None:
+    def ids(triggers: str) -> list[str]:
+        text = f"name: demo\ntriggers:\n{triggers}tasks:\n  a: {{python: m:f}}\n"
+        return [t.id for t in load_pipeline(write(tmp_path, text)).triggers]
+
+    batching = "  - type: sensor\n    batch: {max_events: 10, max_wait: 2s, key: subject}\n"
+    other = "  - type: t\n"
+    [first] = ids(batching)
+    assert ids(other + batching)[1] == first  # moved down: the same trigger
+    assert ids(batching.replace("max_wait: 2s", "max_wait: 9s"))[0] == first  # tuned
+    assert ids(batching.replace("type: sensor", "type: meter"))[0] != first  # matches other
+    assert ids(batching.replace("key: subject", "key: source"))[0] != first  # other windows
+    assert ids("  - {id: readings, type: sensor}\n") == ["readings"]
+    twin = ids(batching + batching)
+    assert twin[0] == first and twin[1] != first  # alike: still told apart
+
+
+def test_duplicate_trigger_ids_are_refused_at_their_line(tmp_path: Path) -> None:
+    text = "name: demo\ntriggers:\n  - {id: a, type: t}\n  - {id: a, type: u}\ntasks:\n"
+    path = write(tmp_path, text + "  a: {python: m:f}\n")
+    assert problems_of(path) == [f"{path}:4: triggers[1].id: 'a' is already trigger 0's id"]

@@ -79,7 +79,7 @@ def test_messages_that_cannot_be_applied_say_why() -> None:
     assert "not loaded" in (t.apply(0, RunRequested("r9", "gone", {}), Changes()) or "")
     assert "not in the run table" in (t.apply(0, finished("a"), Changes()) or "")
     batch = EventsBatched("w", "p", 0, None, [{"id": "1", "source": "/s"}])
-    assert "no batching trigger #0" in (t.apply(0, batch, Changes()) or "")
+    assert "no batching trigger 0 " in (t.apply(0, batch, Changes()) or "")
     assert concerns(batch) == {"window": "w"} and concerns(finished("a")) == {"run_id": "r1"}
 
 
@@ -177,3 +177,50 @@ async def test_timers_that_went_off_are_released() -> None:
     assert len(producer.sent) == 200 and timers.pending(0) == 1  # only the sweep waits
     timers.forget(0)
     assert timers.pending(0) == 0
+
+
+def test_a_redelivery_after_its_window_closed_joins_no_later_window() -> None:
+    pipeline = Pipeline(
+        "p",
+        (Trigger("b", batch=Batching(max_events=2, max_wait=5.0), id="readings"),),
+        (Task("a", "python", "m:a"),),
+    )
+    now = [NOW]
+    t = RunTable({"p": pipeline}, 3600.0, clock=lambda: now[0], rand=lambda: 0.5)
+    list(t.restore(0, Partition()))
+
+    def batch(*ids: str) -> EventsBatched:
+        return EventsBatched("w", "p", "readings", None, [{"id": i, "source": "/s"} for i in ids])
+
+    closing = Changes()
+    t.apply(0, batch("e1", "e2"), closing)
+    [run] = closing.outputs
+    assert isinstance(run, RunRequested) and [c.ids for _, c in closing.closed] == [
+        (("/s", "e1"), ("/s", "e2"))
+    ]
+    t.committed(closing)
+    again = Changes()
+    t.apply(0, batch("e2", "e1", "e3"), again)  # two redeliveries and one new event
+    assert again.outputs == [] and again.windows["w"][1] is not None
+    assert [e["id"] for e in again.windows["w"][1].events] == ["e3"]
+    # The ids live in the changelog: a restored partition still drops the redelivery.
+    restored = Partition()
+    for _, closed in closing.closed:
+        changelog.fold(restored, *changelog.closed_record(closed, closed.run_id))
+    t2 = RunTable({"p": pipeline}, 3600.0, clock=lambda: now[0], rand=lambda: 0.5)
+    list(t2.restore(0, restored))
+    after_restore = Changes()
+    t2.apply(0, batch("e1"), after_restore)
+    assert after_restore.windows["w"][1] is None
+    # After the retention the ids expire (with a tombstone) and the id is new again.
+    now[0] += 3601.0
+    sweep = Changes()
+    t.apply(0, MarkersDue(0), sweep)
+    assert sweep.expired_closed == [(0, run.run_id)]
+    t.committed(sweep)
+    late = Changes()
+    t.apply(0, batch("e1"), late)
+    [late_run] = late.outputs  # e3's window, now full
+    assert isinstance(late_run, RunRequested)
+    assert [e["id"] for e in late_run.event["data"]["events"]] == ["e3", "e1"]
+    assert changelog.closed_record(None, run.run_id) == (f"closed:{run.run_id}".encode(), None)
