@@ -2,11 +2,12 @@
 
 What must always hold: a delivery is acked at the source only after Kafka acknowledged
 (``acks=all``, idempotent producer) every event made from it; a delivery with any failed
-write is nacked for redelivery. A delivery that cannot be mapped is written to the DLQ
-with the reason and then acked: bad input never stops the stream. So does a delivery
-whose event is too large for a Kafka record (its DLQ entry keeps the payload's head and
-its size, with the source message id); its batch-mates flow. Because the pump pulls
-only when the previous batch is settled, the source is the buffer (backpressure).
+write is nacked for redelivery, and the producer is renewed. A delivery that cannot be
+mapped is written to the DLQ with the reason and then acked: bad input never stops the
+stream. So does a delivery whose event is too large for a Kafka record (its DLQ entry
+keeps the payload's head and its size, with the source message id); its batch-mates
+flow. Because the pump pulls only when the previous batch is settled, the source is the
+buffer (backpressure).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -31,17 +33,24 @@ log = logging.getLogger(__name__)
 
 
 class Pump:
+    """``new_producer`` makes the pump's Kafka producer: one at the start, and a fresh one
+    after any failed write (an idempotent producer whose batch failed can be left with
+    sequence numbers the broker refuses forever: OutOfOrderSequenceNumber on every retry).
+    No delivery is pulled while no producer could be started: the source is the buffer."""
+
     def __init__(
         self,
         source: Source,
-        producer: AIOKafkaProducer,
+        new_producer: Callable[[], AIOKafkaProducer],
         topics: Topics,
         batch_size: int = 100,
         write_timeout: float = 15.0,
         backoff: Backoff = RECONNECT,
     ) -> None:
         self._source = source
-        self._writer = kafka.BatchWriter(producer)
+        self._new_producer = new_producer
+        self._producer: AIOKafkaProducer | None = None
+        self._writer: kafka.BatchWriter
         self._topics = topics
         self._batch_size = batch_size
         self._write_timeout = write_timeout
@@ -53,6 +62,9 @@ class Pump:
         try:
             while not stopping.is_set():
                 try:
+                    if self._producer is None and not await self._start_producer():
+                        await pause(stopping, retry.failed())
+                        continue
                     deliveries = await self._receive_unless(stopping)
                     if not deliveries:
                         continue
@@ -61,6 +73,7 @@ class Pump:
                         await self._source.ack(written)
                     if failed:
                         await self._source.nack(failed)
+                        await self._drop_producer()  # a fresh one for the redelivery
                         await pause(stopping, retry.failed())
                     else:
                         retry.succeeded()
@@ -68,7 +81,26 @@ class Pump:
                     log.warning("%s: connection lost (%s); reconnecting", self._source.name, exc)
                     await self._reconnect(stopping)
         finally:
+            await self._drop_producer()
             await self._source.close()
+
+    async def _start_producer(self) -> bool:
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), self._write_timeout)
+        except Exception as exc:  # noqa: BLE001 - Kafka away: pull nothing, try again
+            log.warning("%s: cannot reach Kafka (%s); not pulling", self._source.name, exc)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            return False
+        self._producer, self._writer = producer, kafka.BatchWriter(producer)
+        return True
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):  # its writes were settled already
+                await asyncio.wait_for(producer.stop(), self._write_timeout)
 
     async def _receive_unless(self, stopping: asyncio.Event) -> list[Delivery]:
         """The next batch, or nothing once ``stopping`` is set: a long poll in progress is

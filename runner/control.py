@@ -111,9 +111,17 @@ class ControlProcessor:
             # One transaction per partition, by that partition's own producer: the
             # partition's next owner fences it, so a paused process that resumes cannot
             # commit what its successor already did.
-            done = await asyncio.gather(*(self._transact(tp, rs) for tp, rs in batch.items()))
+            # Every transaction ends (commits or aborts) before an error leaves: a producer
+            # is never closed under a transaction still in flight.
+            done = await asyncio.gather(
+                *(self._transact(tp, rs) for tp, rs in batch.items()), return_exceptions=True
+            )
             for changes in done:
-                self._after_commit(changes)
+                if isinstance(changes, Changes):
+                    self._after_commit(changes)
+            for failure in done:
+                if isinstance(failure, BaseException):
+                    raise failure  # the table is restored from the changelog afresh
 
     async def _transact(self, tp: TopicPartition, records: list[Any]) -> Changes:
         txn = self._fencing.producer(tp.partition)
@@ -123,11 +131,12 @@ class ControlProcessor:
             for record in records:
                 await self._apply(record, changes, writer)
             await self._write(changes, writer)
-            # Every write acknowledged before the offsets move: a refused one aborts.
+            # Every write acknowledged before the transaction commits: a refused one
+            # aborts it, with the offsets.
             writes = await writer.flush()
-            await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
             offsets = {tp: records[-1].offset + 1}
-            await txn.send_offsets_to_transaction(offsets, self._topics.group("control"))
+            group, within = self._topics.group("control"), self._settings.kafka.write_timeout
+            await kafka.offsets_in_transaction(txn, writes, offsets, group, within)
         return changes
 
     async def _apply(self, record: Any, changes: Changes, writer: kafka.BatchWriter) -> None:

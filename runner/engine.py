@@ -1,7 +1,7 @@
 """One headwater process: the components it runs and how they start and stop.
 
-``serve`` creates the log's topics, starts one idempotent producer for the bridges and runs every
-component (event router, control processor, one worker per route, one pump per source)
+``serve`` creates the log's topics and runs every component (event router, control
+processor, one worker per route, one pump per source, each with Kafka clients of its own)
 under a supervisor that restarts it with backoff after a failure. It returns once
 ``stopping`` is set and every component has finished its current batch.
 """
@@ -9,6 +9,7 @@ under a supervisor that restarts it with backoff after a failure. It returns onc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -39,32 +40,30 @@ async def serve(
     await _until_kafka_answers(settings, routes, stopping)
     if stopping.is_set():
         return
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        by_name = {pipeline.name: pipeline for pipeline in pipelines}
-        components: dict[str, Component] = {
-            "router": EventRouter(settings, pipelines).run,
-            "control": ControlProcessor(settings, by_name, observer).run,
-        }
-        for route in sorted(routes):
-            components[f"worker[{route}]"] = Worker(settings, by_name, route).run
-        for source in sources:
-            components[f"bridge[{source.name}]"] = Pump(
-                source, producer, settings.topics, write_timeout=settings.kafka.write_timeout
-            ).run
-        tasks = [
-            asyncio.create_task(supervise(name, run, stopping), name=name)
-            for name, run in components.items()
-        ]
-        await stopping.wait()
-        _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
-        for task in late:
-            log.warning("%s did not stop within %.0fs; cancelling", task.get_name(), STOP_GRACE)
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        await producer.stop()
+    by_name = {pipeline.name: pipeline for pipeline in pipelines}
+    components: dict[str, Component] = {
+        "router": EventRouter(settings, pipelines).run,
+        "control": ControlProcessor(settings, by_name, observer).run,
+    }
+    for route in sorted(routes):
+        components[f"worker[{route}]"] = Worker(settings, by_name, route).run
+    for source in sources:
+        components[f"bridge[{source.name}]"] = Pump(
+            source,
+            functools.partial(kafka.producer, settings),
+            settings.topics,
+            write_timeout=settings.kafka.write_timeout,
+        ).run
+    tasks = [
+        asyncio.create_task(supervise(name, run, stopping), name=name)
+        for name, run in components.items()
+    ]
+    await stopping.wait()
+    _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
+    for task in late:
+        log.warning("%s did not stop within %.0fs; cancelling", task.get_name(), STOP_GRACE)
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _until_kafka_answers(

@@ -86,9 +86,10 @@ class EventRouter:
             for message in windows.messages():
                 value = encode_control(message)
                 await writer.add(self._topics.control, value, key=message.window.encode())
-            # Every write acknowledged before the offsets move: a refused one aborts.
-            await kafka.all_acknowledged(await writer.flush(), self._settings.kafka.write_timeout)
-            await txn.send_offsets_to_transaction(offsets, self._topics.group("router"))
+            # Every write acknowledged before the transaction commits: a refused one
+            # aborts it, with the offsets.
+            group, within = self._topics.group("router"), self._settings.kafka.write_timeout
+            await kafka.offsets_in_transaction(txn, await writer.flush(), offsets, group, within)
 
     async def _add_all(self, writer: kafka.BatchWriter, writes: list[_Write]) -> None:
         """Add the batch's writes; a run request too large for Kafka (its event nearly

@@ -6,6 +6,8 @@ broker. It then counts, from the completions topic:
 - events in (published, each acknowledged by Kafka), runs completed (distinct trigger ids);
 - duplicates: trigger ids with more than one completion;
 - lost: published ids with no completion once the system is quiet again;
+- the same two for a batching pipeline on the same events (``soaked_batches``, windows of
+  up to 50 events): an event in two windows, an event in none;
 
 prints them and exits 1 on any duplicate or lost event.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import sys
@@ -42,8 +45,19 @@ tasks:
   first: {python: "soak_tasks:first", retries: 5, backoff: {initial: 200ms, max: 2s}}
   second: {python: "soak_tasks:second", needs: [first], retries: 5, backoff: {initial: 200ms}}
 """
+BATCHES = """\
+name: soaked_batches
+triggers:
+  - type: soak.event
+    batch: {max_events: 50, max_wait: 2s}
+tasks:
+  ids: {python: "soak_tasks:ids"}
+"""
 TASKS = """\
 import asyncio
+
+def ids(ctx):
+    return {"ids": [e["id"] for e in ctx.events]}
 
 async def first(ctx):
     await asyncio.sleep(0.01)
@@ -72,8 +86,7 @@ class Soak:
     async def publish(self, seconds: float) -> None:
         """Steady load; an event counts as in only once Kafka acknowledged it (a write that
         fails while the broker is away is tried again with the same id)."""
-        producer = kafka.producer(self.settings, request_timeout_ms=5000)
-        await producer.start()
+        producer = None
         try:
             end, n = time.monotonic() + seconds, 0
             while time.monotonic() < end:
@@ -82,18 +95,28 @@ class Soak:
                 headers, value = to_kafka(event)
                 while True:
                     try:
+                        if producer is None:
+                            producer = kafka.producer(self.settings, request_timeout_ms=5000)
+                            await producer.start()
                         await producer.send_and_wait(
                             self.settings.topics.events, value, key=event_id.encode(),
                             headers=headers,
                         )  # fmt: skip
                         break
                     except Exception:  # noqa: BLE001 - broker bounced: same event again
+                        # ... from a new producer: after a failed batch, an idempotent
+                        # producer can be refused forever (OutOfOrderSequenceNumber).
+                        if producer is not None:
+                            with contextlib.suppress(Exception):
+                                await producer.stop()
+                        producer = None
                         await asyncio.sleep(0.5)
                 self.published.append(event_id)
                 n += 1
                 await asyncio.sleep(1 / self.rate)
         finally:
-            await producer.stop()
+            if producer is not None:
+                await producer.stop()
 
     async def chaos(self, seconds: float, broker: KafkaServer) -> None:
         end = time.monotonic() + seconds
@@ -118,8 +141,11 @@ class Soak:
                 await asyncio.to_thread(broker.start)
             await asyncio.sleep(random.uniform(8, 15))
 
-    async def completions(self, quiet_for: float, within: float) -> Counter[str]:
-        """Trigger ids of every completion, read until none came for ``quiet_for``."""
+    async def completions(
+        self, quiet_for: float, within: float
+    ) -> tuple[Counter[str], Counter[str]]:
+        """Trigger ids of every per-event completion, and the event ids of every batched
+        one, read until none came for ``quiet_for``."""
         consumer = AIOKafkaConsumer(
             self.settings.topics.completions,
             bootstrap_servers=self.settings.kafka.bootstrap,
@@ -129,19 +155,25 @@ class Soak:
         )
         await consumer.start()
         seen: Counter[str] = Counter()
+        batched: Counter[str] = Counter()
         try:
             last, deadline = time.monotonic(), time.monotonic() + within
             while time.monotonic() - last < quiet_for and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
-                        seen[orjson.loads(record.value)["trigger"]["id"]] += 1
+                        run = orjson.loads(record.value)
+                        if run["pipeline"] == "soaked_batches":
+                            batched.update(run["tasks"]["ids"]["output"]["ids"])
+                        else:
+                            seen[run["trigger"]["id"]] += 1
                         last = time.monotonic()
-                if len(set(seen) & set(self.published)) == len(self.published):
+                published = set(self.published)
+                if published <= set(seen) and published <= set(batched):
                     last = min(last, time.monotonic() - quiet_for + 5)  # all in: 5 s more
         finally:
             await consumer.stop()
-        return seen
+        return seen, batched
 
 
 async def main(seconds: float, rate: float) -> int:
@@ -151,6 +183,7 @@ async def main(seconds: float, rate: float) -> int:
     settings = Settings(kafka=base.kafka, topics=Topics(prefix=f"soak{uuid.uuid4().hex[:8]}."))
     folder = Path(tempfile.mkdtemp(prefix="headwater-soak-"))  # kept: its logs say why
     (folder / "soaked.yaml").write_text(PIPELINE)
+    (folder / "soaked_batches.yaml").write_text(BATCHES)
     (folder / "soak_tasks.py").write_text(TASKS)
     soak = Soak(settings, folder, rate)
     for process in soak.processes:
@@ -159,7 +192,7 @@ async def main(seconds: float, rate: float) -> int:
     started = time.monotonic()
     try:
         await asyncio.gather(soak.publish(seconds), soak.chaos(seconds, broker))
-        seen = await soak.completions(quiet_for=60, within=600)
+        seen, batched = await soak.completions(quiet_for=60, within=600)
     finally:
         for process in soak.processes:
             if process.process is not None and process.process.poll() is None:
@@ -173,8 +206,13 @@ async def main(seconds: float, rate: float) -> int:
     print(f"  runs completed   {len(set(seen) & published):,}")
     print(f"  duplicates       {len(doubled):,}  {dict(list(doubled.items())[:10])}")
     print(f"  lost             {len(lost):,}  {lost[:10]}")
+    batch_lost = sorted(published - set(batched), key=lambda i: int(i[1:]))
+    batch_doubled = {i: n for i, n in batched.items() if n > 1}
+    print(f"  batched events   {len(set(batched) & published):,}")
+    print(f"  in two windows   {len(batch_doubled):,}  {dict(list(batch_doubled.items())[:10])}")
+    print(f"  in no window     {len(batch_lost):,}  {batch_lost[:10]}")
     print(f"  logs             {folder}")
-    return 1 if doubled or lost else 0
+    return 1 if doubled or lost or batch_doubled or batch_lost else 0
 
 
 if __name__ == "__main__":

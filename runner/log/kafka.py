@@ -110,12 +110,39 @@ async def started(*clients: Any) -> AsyncIterator[None]:
     try:
         async with contextlib.AsyncExitStack() as stack:
             for client in clients:
+                stack.push_async_callback(_stop, client)  # also one whose start failed
                 await client.start()
-                stack.push_async_callback(client.stop)
             yield
     except KafkaError as exc:
         retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
         raise KafkaFailed(f"{type(exc).__name__}: {exc}", retriable) from exc
+
+
+async def _stop(client: Any) -> None:
+    """Stop a client; one that never started (or lost the broker) may fail to: that must
+    not hide the error that ends the block."""
+    with contextlib.suppress(Exception):
+        await client.stop()
+
+
+async def offsets_in_transaction(
+    txn: AIOKafkaProducer,
+    writes: Iterable[asyncio.Future[Any]],
+    offsets: dict[TopicPartition, int],
+    group: str,
+    within: float,
+) -> None:
+    """Add the consumer ``offsets`` to the open transaction while its ``writes`` are being
+    acknowledged (one round trip less than one after the other); raise if any write was
+    refused or is missing, so the transaction aborts, offsets and all."""
+    outcomes = await asyncio.gather(
+        all_acknowledged(writes, within),
+        txn.send_offsets_to_transaction(offsets, group),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 Partitions = Callable[[list[TopicPartition]], Awaitable[None]]
@@ -173,12 +200,22 @@ class PartitionProducers:
         self._settings = settings
         self._prefix = prefix
         self._producers: dict[int, AIOKafkaProducer] = {}
+        self._closed = False
 
     async def take(self, partition: int) -> None:
+        """Start the partition's producer (fencing its previous owner). A producer is
+        held from before its start, so ``close_all`` stops it whatever ``take`` was doing;
+        after ``close_all`` nothing more is started."""
         await self.close(partition)
+        if self._closed:
+            raise KafkaUnavailable("the partition producers are closed (the component stopped)")
         txn = transactional_producer(self._settings, f"{self._prefix}{partition}")
-        await txn.start()  # InitProducerId: the previous owner is fenced from here on
         self._producers[partition] = txn
+        try:
+            await txn.start()  # InitProducerId: the previous owner is fenced from here on
+        except BaseException:
+            await self.close(partition)
+            raise
 
     def producer(self, partition: int) -> AIOKafkaProducer:
         return self._producers[partition]
@@ -190,6 +227,7 @@ class PartitionProducers:
                 await txn.stop()
 
     async def close_all(self) -> None:
+        self._closed = True
         for partition in list(self._producers):
             await self.close(partition)
 
