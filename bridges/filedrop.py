@@ -129,7 +129,10 @@ class FileDropSource:
         for delivery in deliveries:
             path = Path(delivery.handle)
             destination = self._destination(delivery.handle, delivery.message_id)
-            destination.parent.mkdir(exist_ok=True)
+            try:
+                destination.parent.mkdir(exist_ok=True)
+            except OSError as exc:  # the drop folder itself went away: connect again
+                raise NotConnected(f"drop folder {self.directory}: {exc.strerror}") from exc
             with contextlib.suppress(FileNotFoundError):  # removed by someone else meanwhile
                 os.replace(path, destination)
             self._in_flight.discard(delivery.handle)
