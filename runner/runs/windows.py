@@ -25,6 +25,7 @@ the events' own ``time``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,12 +125,7 @@ class Closed:
     ids: tuple[tuple[str, str], ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "window": self.window,
-            "closed_at": self.closed_at,
-            "ids": self.ids,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Closed:

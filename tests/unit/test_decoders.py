@@ -19,6 +19,8 @@ from headwater.runner.log.records import (
     decode_task_request,
     encode_control,
 )
+from headwater.runner.runs import changelog
+from headwater.runner.runs.table import Partition
 
 json_values = st.recursive(
     st.none()
@@ -169,3 +171,20 @@ def test_wrong_json_types_are_named(value: bytes, says: str) -> None:
 def test_bad_headers_are_named(hs: list[tuple[str, bytes | None]], says: str) -> None:
     with pytest.raises(BadMessage, match=says):
         from_kafka(hs, b"{}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.sampled_from(["", "window:", "closed:"]),
+    name=st.text(max_size=12),
+    value=st.none() | st.binary(max_size=64) | json_values.map(orjson.dumps),
+)
+def test_changelog_fold_takes_a_record_or_says_why(prefix: str, name: str, value: Any) -> None:
+    """A changelog record of any shape, under any of its key kinds (run, open window,
+    closed window's ids), is folded in or refused with ``BadMessage``, table unchanged."""
+    table = Partition()
+    try:
+        changelog.fold(table, (prefix + name).encode(), value)
+    except BadMessage as exc:
+        assert "changelog record is unreadable" in str(exc)
+        assert table == Partition()
