@@ -9,7 +9,11 @@ it held: its transaction (under a transactional id of its own) and its offsets (
 commits them without the group generation, which the broker accepts) committed, and the
 run it held completed twice. Now the successor's producer for that partition, same
 transactional id, fenced it: its writes fail with ``ProducerFenced``, it starts again from
-the changelog, and each run has one completion."""
+the changelog, and each run has one completion.
+
+The router, stalled after fetching events for a batching window, is the same case: what
+its resumed transaction writes again, the control processor drops by event id, so every
+event is in exactly one window."""
 
 from __future__ import annotations
 
@@ -85,5 +89,58 @@ async def test_a_process_resumed_after_a_stall_commits_nothing_its_successor_did
     per_event = runs_per_event(await read_all(settings, topic))
     assert sorted(per_event, key=int) == [str(i) for i in range(40)]
     assert {event: n for event, n in per_event.items() if n != 1} == {}
+    assert stalling.process.poll() is None and other.process is not None
+    assert other.process.poll() is None
+
+
+BATCHING = {
+    "sensors.yaml": pipeline_file(
+        "sensors",
+        "sensor.reading",
+        {"ids": '{python: "sensor_tasks:ids"}'},
+        batch="{max_events: 5, max_wait: 2s}",
+    ),
+    "sensor_tasks.py": 'def ids(ctx):\n    return {"ids": [e["id"] for e in ctx.events]}\n',
+}
+
+
+def batched_ids(records: list[Any]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for record in records:
+        run = orjson.loads(record.value)
+        assert run["status"] == "succeeded", run
+        found.update(run["tasks"]["ids"]["output"]["ids"])
+    return found
+
+
+async def test_a_router_resumed_after_a_stall_puts_no_event_in_two_windows(
+    settings: Settings, headwater_dev: Start, tmp_path: Path
+) -> None:
+    armed = tmp_path / "stall"
+    path = os.pathsep.join(p for p in (str(STALL), os.environ.get("PYTHONPATH")) if p)
+    env = {"HW_TEST_STALL": str(armed), "HW_TEST_STALL_ON": "events:", "PYTHONPATH": path}
+    stalling = headwater_dev(BATCHING, env={**env, "HEADWATER_INSTANCE": "a"})
+    await stalling.output_shows("headwater dev:")
+    other = headwater_dev(BATCHING, env={"HEADWATER_INSTANCE": "b"})
+    await other.output_shows("headwater dev:")
+    await wait_for_members(settings, GROUPS, 2)
+    assert stalling.process is not None
+
+    armed.touch()
+    events = [f"r{i}" for i in range(40)]
+    for i in range(0, 40, 5):  # keys spread over the partitions, each one a window
+        await publish(settings, "sensor.reading", events[i : i + 5], key=f"k{i}".encode())
+    marker = Path(f"{armed}.stalled")
+    await eventually(lambda: marker.exists() and stopped(stalling.process.pid), "the stall")
+
+    topic = settings.topics.completions
+    await read_topic(settings, topic, lambda records: len(batched_ids(records)) >= 40, 90)
+    stalling.process.send_signal(signal.SIGCONT)
+    await wait_for_members(settings, GROUPS, 2, within=90)
+    later = [f"s{i}" for i in range(10)]
+    await publish(settings, "sensor.reading", later, key=b"later")
+    await read_topic(settings, topic, lambda records: len(batched_ids(records)) >= 50, 90)
+    seen = batched_ids(await read_all(settings, topic))
+    assert seen == Counter(events + later), seen
     assert stalling.process.poll() is None and other.process is not None
     assert other.process.poll() is None
