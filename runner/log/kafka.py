@@ -200,27 +200,48 @@ class PartitionProducers:
         self._settings = settings
         self._prefix = prefix
         self._producers: dict[int, AIOKafkaProducer] = {}
+        self._starting: dict[int, asyncio.Future[None]] = {}
         self._closed = False
 
     async def take(self, partition: int) -> None:
         """Start the partition's producer (fencing its previous owner). A producer is
         held from before its start, so ``close_all`` stops it whatever ``take`` was doing;
-        after ``close_all`` nothing more is started."""
+        after ``close_all`` nothing more is started.
+
+        A start that ``close`` interrupts fails with ``KafkaUnavailable``: aiokafka's
+        ``start()`` waits forever on a metadata update of a client stopped under it, and
+        ``take`` runs in a rebalance listener, so a start left waiting would keep the
+        consumer from ever rejoining its group (seen: a process resumed after a pause
+        stopped its control processor while the listener was starting a producer)."""
         await self.close(partition)
         if self._closed:
             raise KafkaUnavailable("the partition producers are closed (the component stopped)")
         txn = transactional_producer(self._settings, f"{self._prefix}{partition}")
         self._producers[partition] = txn
+        start = asyncio.ensure_future(txn.start())  # InitProducerId: fences the previous owner
+        self._starting[partition] = start
         try:
-            await txn.start()  # InitProducerId: the previous owner is fenced from here on
+            await start
+        except asyncio.CancelledError:
+            await self.close(partition)
+            current = asyncio.current_task()
+            if start.cancelled() and (current is None or not current.cancelling()):
+                raise KafkaUnavailable(f"partition {partition}: closed while starting") from None
+            raise
         except BaseException:
             await self.close(partition)
             raise
+        finally:
+            if self._starting.get(partition) is start:
+                del self._starting[partition]
 
     def producer(self, partition: int) -> AIOKafkaProducer:
         return self._producers[partition]
 
     async def close(self, partition: int) -> None:
+        start = self._starting.pop(partition, None)
+        if start is not None:
+            start.cancel()
         txn = self._producers.pop(partition, None)
         if txn is not None:
             with contextlib.suppress(Exception):  # fenced already, or the broker is away

@@ -17,6 +17,7 @@ event is in exactly one window."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections import Counter
@@ -136,7 +137,12 @@ async def test_a_router_resumed_after_a_stall_puts_no_event_in_two_windows(
     topic = settings.topics.completions
     await read_topic(settings, topic, lambda records: len(batched_ids(records)) >= 40, 90)
     stalling.process.send_signal(signal.SIGCONT)
-    await wait_for_members(settings, GROUPS, 2, within=90)
+    try:
+        await wait_for_members(settings, GROUPS, 2, within=90)
+    except AssertionError:
+        stalling.process.send_signal(signal.SIGUSR1)  # its tasks' stacks into its log
+        await asyncio.sleep(2)
+        raise
     later = [f"s{i}" for i in range(10)]
     await publish(settings, "sensor.reading", later, key=b"later")
     await read_topic(settings, topic, lambda records: len(batched_ids(records)) >= 50, 90)

@@ -46,3 +46,25 @@ if _ARMED_BY:
         return batch
 
     aiokafka.AIOKafkaConsumer.getmany = getmany  # type: ignore[method-assign]
+
+    import asyncio
+    import sys
+
+    def _dump_tasks(_signum: int, _frame: Any) -> None:
+        """SIGUSR1: every asyncio task's stack to stderr (asked for when a member is missing)."""
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:
+            return
+        for task in tasks:
+            print(f"--- {task.get_name()}", file=sys.stderr)
+            awaited: Any = task.get_coro()
+            while awaited is not None:  # the whole await chain, not only the top frame
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGUSR1, _dump_tasks)
