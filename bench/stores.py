@@ -89,6 +89,9 @@ class RocksStore:
             batch.delete(key)
             batch.delete(b"m" + key[9:])
             count += 1
+            if count % BATCH == 0:  # bounded batches: expiring a week's bucket is not one write
+                self._db.write(batch)
+                batch = WriteBatch(raw_mode=True)
         self._db.write(batch)
         return count
 
