@@ -222,18 +222,13 @@ class PartitionProducers:
         self._starting[partition] = start
         try:
             await start
-        except asyncio.CancelledError:
+        except BaseException as exc:
             await self.close(partition)
             current = asyncio.current_task()
-            if start.cancelled() and (current is None or not current.cancelling()):
+            if isinstance(exc, asyncio.CancelledError) and not (current and current.cancelling()):
                 raise KafkaUnavailable(f"partition {partition}: closed while starting") from None
-            raise
-        except BaseException:
-            await self.close(partition)
-            raise
-        finally:
-            if self._starting.get(partition) is start:
-                del self._starting[partition]
+            raise  # its own failure, or this task cancelled
+        self._starting.pop(partition, None)  # a close may already have taken it
 
     def producer(self, partition: int) -> AIOKafkaProducer:
         return self._producers[partition]

@@ -8,30 +8,16 @@ stable offset), so a reader never waits for records written after it began.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from headwater.runner.errors import KafkaUnavailable
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 FETCH_RECORDS = 5000
-_T = TypeVar("_T")
-
-
-async def _within(step: Awaitable[_T], seconds: float, what: str) -> _T:
-    """One step of a read, bounded: ``position()`` waits for an offset reset and the
-    restore runs inside the control consumer's rebalance listener, where a wait without
-    end keeps the consumer out of its group. A reader that makes no progress fails
-    instead, and its caller retries."""
-    try:
-        return await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        raise KafkaUnavailable(f"reading {what}: no progress in {seconds:g} s") from None
 
 
 async def read_partition(
@@ -56,14 +42,9 @@ async def read_now(
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         reader.assign(tps)
-        within = settings.kafka.write_timeout
-        await _within(reader.seek_to_beginning(*tps), within, topic)
-        ends = await _within(reader.end_offsets(tps), within, topic)
-        while [
-            tp
-            for tp, end in ends.items()
-            if await _within(reader.position(tp), within, topic) < end
-        ]:
+        await reader.seek_to_beginning(*tps)
+        ends = await reader.end_offsets(tps)
+        while [tp for tp, end in ends.items() if await reader.position(tp) < end]:
             batch = await reader.getmany(*tps, timeout_ms=500, max_records=FETCH_RECORDS)
             for records in batch.values():
                 if records:
