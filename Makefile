@@ -9,13 +9,14 @@ EXTRAS := dev,bench
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | cksum | cut -d' ' -f1)
 SERVICES := $(PY) tests/servers/services.py
 
-.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke bench-stores soak clean
+.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke bench-markers bench-stores soak clean
 
 help:
 	@echo "make demo           run a real pipeline end to end (S3 -> SQS -> Kafka -> tasks)"
 	@echo "make test           the whole suite against real Kafka and emulators"
 	@echo "make lint           ruff + mypy (strict)"
 	@echo "make bench          the benchmark (needs make services); bench-smoke: tiny volumes"
+	@echo "make bench-markers  the markers and restore rows alone (1M and 10M finished runs)"
 	@echo "make bench-stores   rocksdict vs LMDB on the run markers' workload (no services)"
 	@echo "make soak           minutes of pauses, kills and broker bounces under load"
 	@echo "make services       start Kafka (KRaft) and moto in the background"
@@ -66,6 +67,9 @@ bench-smoke: venv services
 	$(PY) -m bench.run --smoke
 
 # The embedded stores the run table's markers could live in (issue 11), same workload each.
+bench-markers: venv services
+	$(PY) -m bench.markers --counts 1000000,10000000
+
 bench-stores: venv
 	$(PY) -m bench.stores --markers 1000000
 

@@ -11,6 +11,9 @@ run a moment before, so the ratio means something on a shared, noisy machine:
 - latency (``bench.latency``) at fixed offered loads: to task start and to the completion
   event being visible, p50/p99/max;
 - memory (``bench.memory``): peak RSS of a runner process working through a backlog;
+- markers and restore (``bench.markers``): peak RSS of a runner whose table holds 1M and
+  10M finished runs, and the time to take its partitions over from local state, from the
+  changelog alone, and on a failover with and without a standby;
 - scale-out (``bench.scaleout``): match, runs and batched runs on two runner processes
   against one, measured the same way in the same run.
 
@@ -24,9 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import functools
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -42,6 +49,7 @@ from bench.faust_forward import forward_with_faust
 from bench.kafkatools import create_topics, delete_topics
 from bench.latency import latency
 from bench.logs import capture, log
+from bench.markers import markers
 from bench.memory import memory
 from bench.scaleout import scale_out
 from bench.stages import ingest, match, runs
@@ -63,12 +71,27 @@ class Volumes:
     backlog_within: float
     scale_events: int  # scale-out: match
     scale_runs: int  # scale-out: runs
+    markers: tuple[int, ...]  # markers and restore: the table sizes
+    markers_within: float
 
 
 FULL = Volumes(
-    200_000, 100_000, 20_000, (1_000, 5_000, 10_000), 8.0, 15.0, 1_000_000, 300.0, 500_000, 60_000
+    200_000,
+    100_000,
+    20_000,
+    (1_000, 5_000, 10_000),
+    8.0,
+    15.0,
+    1_000_000,
+    300.0,
+    500_000,
+    60_000,
+    (1_000_000, 10_000_000),
+    1_200.0,
 )
-SMOKE = Volumes(2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0, 20_000, 1_000)
+SMOKE = Volumes(
+    2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0, 20_000, 1_000, (2_000, 10_000), 120.0
+)
 
 
 @dataclass
@@ -96,8 +119,17 @@ def progress(text: str) -> None:
 
 
 def settings_for(prefix: str) -> Settings:
+    """The benchmark's settings for topics under ``prefix``; local state in a folder of
+    this run's, removed at exit."""
     base = Settings.from_env()
-    return Settings(kafka=base.kafka, topics=Topics(prefix=prefix))
+    return Settings(kafka=base.kafka, topics=Topics(prefix=prefix), state_root=_state_root())
+
+
+@functools.cache
+def _state_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="hw-bench-state-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 # --- the rows -----------------------------------------------------------------------------
@@ -184,6 +216,8 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
             details=used,
         )
     )
+    progress(f"markers and restore: run tables of {', '.join(f'{n:,}' for n in v.markers)}")
+    rows.extend(marker_rows(await markers(settings_for(f"{run}k."), v.markers, v.markers_within)))
     for stage, count, unit in (
         ("match", v.scale_events, "events/s"),
         ("runs", v.scale_runs, "runs/s"),
@@ -216,6 +250,40 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
     return rows
 
 
+def marker_rows(f: dict[str, Any]) -> list[Row]:
+    """The markers row (peak RSS at the largest table, against the smallest) and the
+    restore row (from local state, against a rebuild from the changelog alone)."""
+    small, large = (f["rebuild"][str(n)] for n in (f["counts"][0], f["counts"][-1]))
+    n_small, n_large = f["counts"][0], f["counts"][-1]
+    local, failover = f["local"], f["failover"]
+    per_million = large["restore_seconds"] / (n_large / 1e6)
+    return [
+        Row(
+            f"markers (runner peak RSS, {n_large:,} finished runs)",
+            large["peak_rss_mb"],
+            "MB",
+            f"baseline {n_small:,}-marker table",
+            large["peak_rss_mb"] / small["peak_rss_mb"],
+            note=f"{n_small:,} markers: {small['peak_rss_mb']:.0f} MB; store "
+            f"{large['store_bytes_per_marker']:.0f} B/marker on disk, changelog "
+            f"{f['changelog_bytes_per_marker']:.0f} B/marker",
+            details=f,
+        ),
+        Row(
+            f"restore ({n_large:,} markers, from local state)",
+            local["restore_seconds"],
+            "s",
+            "baseline changelog-alone",
+            local["restore_seconds"] / large["restore_seconds"],
+            note=f"from the changelog alone {large['restore_seconds']:.1f} s "
+            f"({per_million:.1f} s per 1M markers); failover (kill -> restored) without a "
+            f"standby {failover['no_standby']['kill_to_restored_seconds']:.1f} s, with one "
+            f"{failover['standby']['kill_to_restored_seconds']:.1f} s",
+            details={"local": local, "rebuild": large, "failover": failover},
+        ),
+    ]
+
+
 def _latency_row(figures: dict[str, Any]) -> Row:
     """The headline is the median to completion; missing if most runs were not done."""
     f = figures
@@ -241,7 +309,11 @@ def _latency_row(figures: dict[str, Any]) -> Row:
 
 
 def figure(row: Row) -> str:
-    return "-" if row.value is None else f"{row.value:,.0f} {row.unit}"
+    if row.value is None:
+        return "-"
+    if row.unit == "s":
+        return f"{row.value:,.2f} s"
+    return f"{row.value:,.0f} {row.unit}"
 
 
 def _ms(value: float | None) -> str:

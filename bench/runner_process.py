@@ -16,6 +16,7 @@ name and partition count come from the environment (``HEADWATER_INSTANCE``,
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -31,7 +32,13 @@ STAGES = ("memory", "match", "runs", "batched")
 
 async def run(prefix: str, stage: str) -> None:
     base = Settings.from_env()
-    settings = Settings(kafka=base.kafka, topics=Topics(prefix=prefix), instance=base.instance)
+    settings = Settings(
+        kafka=base.kafka,
+        topics=Topics(prefix=prefix),
+        instance=base.instance,
+        state_root=base.state_root,
+        standby=base.standby,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +55,9 @@ async def run(prefix: str, stage: str) -> None:
 
 
 def main() -> int:
+    # Warnings, and the run table's restore lines (the markers rows read them).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("headwater.runner.runs").setLevel(logging.INFO)
     if len(sys.argv) not in (2, 3) or (len(sys.argv) == 3 and sys.argv[2] not in STAGES):
         print(__doc__, file=sys.stderr)
         return 2

@@ -77,6 +77,7 @@ async def scale_out(
     )
     with contextlib.ExitStack() as files:
         outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
+        state = files.enter_context(tempfile.TemporaryDirectory(prefix="hw-bench-state-"))
         children = [
             await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -88,6 +89,7 @@ async def scale_out(
                     **os.environ,
                     "HEADWATER_INSTANCE": f"bench-{i}",
                     "HEADWATER_KAFKA_PARTITIONS": str(partitions),
+                    "HEADWATER_STATE_DIR": state,
                 },
                 stdout=output,
                 stderr=asyncio.subprocess.STDOUT,

@@ -8,9 +8,12 @@ that changed and caused. What must always hold:
   completion events, closed windows' runs) and the batch's consumer offsets commit in ONE
   Kafka transaction: a re-processed control message can cause nothing twice, and a
   completion is published exactly once per run (subscribers read ``read_committed``);
-- on assignment a partition's table is restored from the changelog before any of its
-  control messages is applied; on any error the processor is restarted from scratch, so
-  memory never runs ahead of what was committed;
+- on assignment a partition's table is restored before any of its control messages is
+  applied: from its local store (``runs.store``) and the changelog after the store's
+  checkpoint, or from the whole changelog when the store cannot be trusted; on any error
+  the processor is restarted from scratch, so memory never runs ahead of what was
+  committed, and the store is written only after a commit, with the changelog offset it
+  has reached (a crash between the two is caught up from the changelog);
 - observers and timers act only after the commit;
 - the transactional id is stable per instance (``HEADWATER_INSTANCE``), so a restarted
   process fences its dead predecessor and aborts the transaction it left open at once,
@@ -44,7 +47,9 @@ from headwater.runner.observe import hooks
 from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.runs import changelog
 from headwater.runner.runs.completion import completion_event
-from headwater.runner.runs.table import Changes, Completed, Dispatched, RunTable
+from headwater.runner.runs.standby import Standby
+from headwater.runner.runs.store import open_store
+from headwater.runner.runs.table import Changes, Completed, Dispatched, Partition, RunTable
 from headwater.runner.runs.timers import Timers
 from headwater.runner.settings import Settings
 
@@ -70,6 +75,7 @@ class ControlProcessor:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._restore_failure: BaseException | None = None
+        self._standby: Standby | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         self._restore_failure = None  # a restart restores every partition afresh
@@ -83,6 +89,9 @@ class ControlProcessor:
         self._producer = kafka.producer(self._settings)
         self._timers = Timers(self._producer, topics.control, self._clock)
         self._fencing = kafka.PartitionProducers(self._settings, f"{group}.p")
+        self._standby = Standby(self._settings) if self._settings.standby else None
+        following = asyncio.Event()
+        standby = asyncio.create_task(self._standby.run(following)) if self._standby else None
         async with kafka.started(self._producer, consumer):
             try:
                 while not stopping.is_set():
@@ -95,6 +104,9 @@ class ControlProcessor:
                 self._timers.clear()
                 self._table.clear()
                 await self._fencing.close_all()
+                if standby is not None:
+                    following.set()
+                    await asyncio.gather(standby, return_exceptions=True)
 
     async def _process(self, batch: dict[TopicPartition, list[Any]], consumer: Any) -> None:
         async with self._lock:
@@ -116,28 +128,35 @@ class ControlProcessor:
             done = await asyncio.gather(
                 *(self._transact(tp, rs) for tp, rs in batch.items()), return_exceptions=True
             )
-            for changes in done:
-                if isinstance(changes, Changes):
-                    self._after_commit(changes)
+            for outcome in done:
+                if not isinstance(outcome, BaseException):
+                    self._after_commit(*outcome)
             for failure in done:
                 if isinstance(failure, BaseException):
                     raise failure  # the table is restored from the changelog afresh
 
-    async def _transact(self, tp: TopicPartition, records: list[Any]) -> Changes:
+    async def _transact(
+        self, tp: TopicPartition, records: list[Any]
+    ) -> tuple[Changes, dict[int, list[Any]], dict[int, int]]:
+        """One partition's transaction; returns what changed, its changelog records and
+        the changelog offset after them (for the store's checkpoint)."""
         txn = self._fencing.producer(tp.partition)
         changes = Changes()
         writer = kafka.BatchWriter(txn)
         async with txn.transaction():
             for record in records:
                 await self._apply(record, changes, writer)
-            await self._write(changes, writer)
+            written = await self._write(changes, writer)
             # Every write acknowledged before the transaction commits: a refused one
             # aborts it, with the offsets.
             writes = await writer.flush()
             offsets = {tp: records[-1].offset + 1}
             group, within = self._topics.group("control"), self._settings.kafka.write_timeout
             await kafka.offsets_in_transaction(txn, writes, offsets, group, within)
-        return changes
+        # The changelog offset after this transaction's records (its commit marker comes
+        # after them, and is skipped by a reader): the store's checkpoint.
+        checkpoints = writer.ends(self._topics.runs)
+        return changes, written, checkpoints
 
     async def _apply(self, record: Any, changes: Changes, writer: kafka.BatchWriter) -> None:
         try:
@@ -151,24 +170,14 @@ class ControlProcessor:
             origin = record_origin(record, **concerns(message))
             await writer.add(self._topics.dlq, dlq_record(problem, origin, record.value))
 
-    async def _write(self, changes: Changes, writer: kafka.BatchWriter) -> None:
+    async def _write(self, changes: Changes, writer: kafka.BatchWriter) -> dict[int, list[Any]]:
         """The batch's changelog records (in their control partition's changelog partition)
-        and what it caused, in the order it arose."""
+        and what it caused, in the order it arose; returns the changelog records."""
         topics = self._topics
-        for partition, run in changes.runs.values():
-            key, value = changelog.run_record(run)
-            await writer.add(topics.runs, value, key=key, partition=partition)
-        for window_key, (partition, window) in changes.windows.items():
-            key, maybe = changelog.window_record(window_key, window)
-            await writer.add(topics.runs, maybe, key=key, partition=partition)
-        for partition, closed in changes.closed:
-            key, maybe = changelog.closed_record(closed, closed.run_id)
-            await writer.add(topics.runs, maybe, key=key, partition=partition)
-        for partition, run_id in changes.expired:
-            await writer.add(topics.runs, None, key=run_id.encode(), partition=partition)
-        for partition, run_id in changes.expired_closed:
-            key, _ = changelog.closed_record(None, run_id)
-            await writer.add(topics.runs, None, key=key, partition=partition)
+        records = changes.changelog()
+        for partition, written in records.items():
+            for key, value, _ in written:
+                await writer.add(topics.runs, value, key=key, partition=partition)
         for output in changes.outputs:
             match output:
                 case Dispatched(route=route, run_id=run_id, value=value):
@@ -180,9 +189,12 @@ class ControlProcessor:
                     )
                 case RunRequested(run_id=run_id):
                     await writer.add(topics.control, encode_control(output), key=run_id.encode())
+        return records
 
-    def _after_commit(self, changes: Changes) -> None:
-        self._table.committed(changes)
+    def _after_commit(
+        self, changes: Changes, records: dict[int, list[Any]], offsets: dict[int, int]
+    ) -> None:
+        self._table.committed(changes, records, offsets)
         for partition, due, at in changes.timers:
             self._timers.arm(partition, due, at)
         for note in changes.notes:
@@ -191,10 +203,20 @@ class ControlProcessor:
     # --- partition assignment ------------------------------------------------------------
 
     async def restore(self, partition: int) -> None:
-        """Fence the partition's previous owner, then load its runs and windows from the
-        changelog and re-arm its timers."""
+        """Fence the partition's previous owner, then bring its local store up to date
+        from the changelog, load its runs and windows and re-arm its timers."""
         await self._fencing.take(partition)  # its open transaction is aborted: read after
-        restored, unreadable = await changelog.restore(self._settings, partition)
+        if self._standby is not None:
+            await self._standby.release(partition)  # its warm store: this restore's now
+        async with self._lock:
+            self._table.forget(partition)  # its store, if an earlier restore left it: closed
+        store = open_store(self._settings.state_dir, self._topics.runs, partition)
+        try:
+            unreadable = await changelog.restore(self._settings, partition, store)
+            restored = Partition.load(store)
+        except BaseException:
+            store.close()
+            raise
         for record, reason in unreadable:  # kept in the DLQ, then deleted from the changelog
             entry = dlq_record(reason, record_origin(record), record.value, record.headers)
             await self._producer.send_and_wait(self._topics.dlq, entry)
@@ -206,7 +228,7 @@ class ControlProcessor:
             for due, at in self._table.restore(partition, restored):
                 self._timers.arm(partition, due, at)
         log.debug(
-            "partition %d: restored %d run(s), %d window(s)",
+            "partition %d: restored %d running run(s), %d open window(s)",
             partition,
             len(restored.runs),
             len(restored.windows),
@@ -231,3 +253,5 @@ class ControlProcessor:
             self._table.forget(partition)
             self._timers.forget(partition)
             await self._fencing.close(partition)
+        if self._standby is not None:
+            self._standby.follow(partition)

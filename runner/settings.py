@@ -7,9 +7,11 @@ Secrets are never literals here: SASL passwords come from references (``${env:NA
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from headwater.runner.durations import parse_duration
@@ -142,6 +144,15 @@ class Settings:
     max_output_bytes: int = MAX_OUTPUT_BYTES
     #: the timeout of a task whose pipeline file gives none
     task_timeout: float = TASK_TIMEOUT
+    #: where the control partitions' local stores live (a folder per instance in it)
+    state_root: Path = field(default_factory=lambda: default_state_root(os.environ))
+    #: keep warm copies of the control partitions this process does not own
+    standby: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        """This instance's folder of local state: one store per control partition."""
+        return self.state_root / re.sub(r"[^A-Za-z0-9._-]", "_", self.instance)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +165,9 @@ class Settings:
                 f"HEADWATER_MAX_OUTPUT_BYTES: {max_output!r} is not a byte count from 1 to "
                 f"{MAX_OUTPUT_CEILING} (a task output must fit a Kafka record with room to spare)"
             )
+        standby = env.get("HEADWATER_STANDBY", "0").strip().lower()
+        if standby not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise ConfigError(f"HEADWATER_STANDBY: {standby!r} is not 1/0, true/false or yes/no")
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
@@ -161,7 +175,17 @@ class Settings:
             dedup_retention=dedup_retention,
             max_output_bytes=int(max_output),
             task_timeout=task_timeout,
+            state_root=Path(env["HEADWATER_STATE_DIR"])
+            if env.get("HEADWATER_STATE_DIR")
+            else default_state_root(env),
+            standby=standby in ("1", "true", "yes"),
         )
+
+
+def default_state_root(env: Mapping[str, str]) -> Path:
+    """``$XDG_STATE_HOME/headwater``, by default ``~/.local/state/headwater``."""
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "headwater"
 
 
 def _positive_duration(env: Mapping[str, str], name: str, default: float) -> float:

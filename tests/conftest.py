@@ -46,9 +46,11 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(kafka_server: KafkaServer, unique: str) -> Settings:
+def settings(kafka_server: KafkaServer, unique: str, tmp_path: Path) -> Settings:
     base = Settings.from_env({"HEADWATER_KAFKA": kafka_server.bootstrap})
-    return Settings(kafka=base.kafka, topics=Topics(prefix=f"t{unique}."))
+    return Settings(
+        kafka=base.kafka, topics=Topics(prefix=f"t{unique}."), state_root=tmp_path / "state"
+    )
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ class HeadwaterProcess:
             "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
             "PYTHONUNBUFFERED": "1",
         }
+        # Local state beside the log, unless the test gives its own (never in $HOME).
+        self.env.setdefault("HEADWATER_STATE_DIR", str(log.parent / "state"))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> HeadwaterProcess:

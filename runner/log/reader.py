@@ -18,31 +18,52 @@ from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 
 FETCH_RECORDS = 5000
+#: Larger fetches than a subscriber's: a reader wants a partition's whole history fast.
+FETCH_BYTES = {"max_partition_fetch_bytes": 8 * 1024 * 1024, "fetch_max_bytes": 64 * 1024 * 1024}
 
 
 async def read_partition(
-    settings: Settings, topic: str, partition: int
+    settings: Settings, topic: str, partition: int, start: int = 0
 ) -> AsyncIterator[list[Any]]:
-    """Yield the partition's records in fetched batches, oldest first."""
-    async for records in read_now(settings, topic, [partition]):
+    """Yield the partition's records from offset ``start`` in fetched batches, oldest
+    first."""
+    async for records in read_now(settings, topic, [partition], start=start):
         yield records
 
 
+async def offsets(settings: Settings, topic: str, partition: int) -> tuple[int, int]:
+    """The partition's first offset and its end (``read_committed``: the last stable one)."""
+    reader = kafka.consumer(settings, group=None)
+    await reader.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        beginning = (await reader.beginning_offsets([tp]))[tp]
+        end = (await reader.end_offsets([tp]))[tp]
+    finally:
+        await reader.stop()
+    return beginning, end
+
+
 async def read_now(
-    settings: Settings, topic: str, partitions: list[int] | None = None
+    settings: Settings, topic: str, partitions: list[int] | None = None, start: int = 0
 ) -> AsyncIterator[list[Any]]:
     """Yield the records of ``partitions`` (default: all of the topic's) in fetched
-    batches, each partition's oldest first, up to the end each had when reading began."""
+    batches, each partition's oldest first (from offset ``start``, else its beginning), up
+    to the end each had when reading began."""
     if partitions is None:  # all of them: as the cluster's metadata has them
-        partitions = await _partitions(settings, topic)
+        partitions = await topic_partitions(settings, topic)
     if not partitions:  # no such topic (yet): nothing in it
         return
-    reader = kafka.consumer(settings, group=None)
+    reader = kafka.consumer(settings, group=None, **FETCH_BYTES)
     await reader.start()
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         reader.assign(tps)
         await reader.seek_to_beginning(*tps)
+        if start:
+            for tp in tps:
+                if start > await reader.position(tp):
+                    reader.seek(tp, start)
         ends = await reader.end_offsets(tps)
         while [tp for tp, end in ends.items() if await reader.position(tp) < end]:
             batch = await reader.getmany(*tps, timeout_ms=500, max_records=FETCH_RECORDS)
@@ -53,7 +74,8 @@ async def read_now(
         await reader.stop()
 
 
-async def _partitions(settings: Settings, topic: str) -> list[int]:
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """The topic's partitions, as the cluster's metadata has them (none: no such topic)."""
     admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:

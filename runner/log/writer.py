@@ -39,6 +39,8 @@ class BatchWriter:
         self._producer = producer
         self._open: dict[tuple[str, int], Any] = {}
         self._sent: list[asyncio.Future[Any]] = []
+        self._batches: list[tuple[str, int, int, asyncio.Future[Any]]] = []
+        self._flushed: list[tuple[str, int, int, asyncio.Future[Any]]] = []
         self._partitions: dict[str, int] = {}
         self._flushes = 0
 
@@ -73,18 +75,33 @@ class BatchWriter:
         for topic, partition in list(self._open):
             await self._send(topic, partition)
         sent, self._sent = self._sent, []
+        self._flushed, self._batches = self._batches, []
         self._flushes += 1
         return sent
+
+    def ends(self, topic: str) -> dict[int, int]:
+        """Per partition of ``topic``, the offset after the last record the last flush
+        wrote there (once its futures resolved: unresolved or failed batches are left
+        out)."""
+        ends: dict[int, int] = {}
+        for sent_topic, partition, count, future in self._flushed:
+            if sent_topic == topic and future.done() and not future.exception():
+                end = future.result().offset + count
+                ends[partition] = max(ends.get(partition, 0), end)
+        return ends
 
     def discard(self) -> None:
         """Drop what was added but not sent (an aborted transaction, a failed batch)."""
         self._open.clear()
         self._sent.clear()
+        self._batches.clear()
 
     async def _send(self, topic: str, partition: int) -> None:
         batch = self._open.pop((topic, partition))
         batch.close()
-        self._sent.append(await self._producer.send_batch(batch, topic, partition=partition))
+        future = await self._producer.send_batch(batch, topic, partition=partition)
+        self._sent.append(future)
+        self._batches.append((topic, partition, batch.record_count(), future))
 
     async def _count_partitions(self, topic: str) -> int:
         self._partitions[topic] = len(await self._producer.partitions_for(topic))

@@ -7,23 +7,30 @@ one control partition reads one changelog partition. Keys are the run id, or
 ids, for the dedup retention); run ids are UUIDs, so they never clash. A ``None`` value is
 a tombstone (a closed window, an expired marker, expired ids). What must hold: folding
 the records in order gives back the table the last committed transaction left.
+
+The fold lives in the partition's local store (``store.Batch.fold``); a restore reads
+only the changelog after the offset the store checkpointed, or all of it when the store
+could not be trusted (logging its progress: a large partition takes a while).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import orjson
 
 from headwater.runner.errors import BadMessage
-from headwater.runner.log.reader import read_partition
+from headwater.runner.log.reader import offsets, read_partition
 from headwater.runner.runs.machine import Run
-from headwater.runner.runs.table import Partition, marker
+from headwater.runner.runs.store import CLOSED_PREFIX, WINDOW_PREFIX, Store
 from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import Settings
 
-WINDOW_PREFIX = "window:"
-CLOSED_PREFIX = "closed:"
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines of a long restore
 
 
 def run_record(run: Run) -> tuple[bytes, bytes]:
@@ -40,49 +47,66 @@ def closed_record(closed: Closed | None, run_id: str) -> tuple[bytes, bytes | No
     return (CLOSED_PREFIX + run_id).encode(), value
 
 
-def fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
-    """Apply one changelog record to ``table`` (finished runs are kept as markers);
-    ``BadMessage`` (``table`` unchanged) for a record that is not one headwater wrote."""
-    try:
-        _fold(table, key, value)
-    except Exception as exc:  # noqa: BLE001 - any shape of garbage: say what it was
-        raise BadMessage(f"changelog record is unreadable ({type(exc).__name__}: {exc})") from None
+Unreadable = tuple[Any, str]  # a changelog record and why it cannot be read
 
 
-def _fold(table: Partition, key: bytes | None, value: bytes | None) -> None:
-    if key is None:
-        raise ValueError("it has no key")
-    name = key.decode()
-    if name.startswith(WINDOW_PREFIX):
-        name = name[len(WINDOW_PREFIX) :]
-        if value is None:
-            table.windows.pop(name, None)
-        else:
-            table.windows[name] = Window.from_json(orjson.loads(value))
-    elif name.startswith(CLOSED_PREFIX):
-        if value is None:
-            table.drop_closed(name[len(CLOSED_PREFIX) :])
-        else:
-            table.keep_closed(Closed.from_json(orjson.loads(value)))
-    elif value is None:
-        table.runs.pop(name, None)
-    else:
-        run = Run.from_json(orjson.loads(value))
-        table.runs[run.run_id] = marker(run) if run.status != "running" else run
-
-
-async def restore(settings: Settings, partition: int) -> tuple[Partition, list[Unreadable]]:
-    """A partition's table from its changelog (expired markers too: the first sweep after
-    the restore deletes them), and the records that could not be read (for the DLQ: a
-    restore never stops at one)."""
-    table, unreadable = Partition(), []
-    async for records in read_partition(settings, settings.topics.runs, partition):
+async def restore(settings: Settings, partition: int, store: Store) -> list[Unreadable]:
+    """Bring ``store`` up to the changelog partition's end: from its checkpoint when it has
+    one the changelog still holds, else from the beginning (the store is emptied first).
+    Returns the records that could not be read (for the DLQ: a restore never stops at
+    one)."""
+    topic = settings.topics.runs
+    beginning, end = await offsets(settings, topic, partition)
+    start = store.checkpoint
+    if start is not None and not beginning <= start <= end:
+        log.warning(
+            "partition %d: local state is at changelog offset %d, outside the changelog's "
+            "%d..%d (topic recreated or truncated): rebuilding it",
+            partition,
+            start,
+            beginning,
+            end,
+        )
+        store.clear()
+        start = None
+    rebuilding = start is None
+    if rebuilding:
+        log.info(
+            "partition %d: rebuilding the run table from the changelog (%d records)",
+            partition,
+            end - beginning,
+        )
+    unreadable: list[Unreadable] = []
+    started = last_said = time.monotonic()
+    count = 0
+    async for records in read_partition(settings, topic, partition, start=start or 0):
+        batch = store.batch()
         for record in records:
             try:
-                fold(table, record.key, record.value)
+                batch.fold(record.key, record.value)
             except BadMessage as exc:
                 unreadable.append((record, str(exc)))
-    return table, unreadable
-
-
-Unreadable = tuple[Any, str]  # a changelog record and why it cannot be read
+        batch.commit(records[-1].offset + 1)
+        count += len(records)
+        now = time.monotonic()
+        if rebuilding and now - last_said >= PROGRESS_EVERY:
+            last_said = now
+            done = records[-1].offset + 1 - beginning
+            log.info(
+                "partition %d: rebuilding: %d of %d changelog records (%.0f/s)",
+                partition,
+                done,
+                end - beginning,
+                count / (now - started),
+            )
+    if store.checkpoint is None or store.checkpoint < end:
+        store.batch().commit(end)  # nothing (more) to read: the store is up to date at end
+    elapsed = time.monotonic() - started
+    log.info(
+        "partition %d: run table %s: %d changelog record(s) in %.1f s",
+        partition,
+        "rebuilt from the changelog" if rebuilding else "restored from local state",
+        count,
+        elapsed,
+    )
+    return unreadable

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -41,17 +40,6 @@ def run_id_for(pipeline: str, event_id: str, event_source: str) -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def expired_markers(runs: Mapping[str, Run], now: float, retention: float) -> list[str]:
-    """Ids of finished runs whose marker is older than ``retention`` seconds at ``now``:
-    a trigger event seen again after that starts a new run."""
-    oldest = now - retention
-    return [
-        run_id
-        for run_id, run in runs.items()
-        if run.status != "running" and run.finished_at is not None and run.finished_at < oldest
-    ]
 
 
 # --- effects (what the shell must do) ---------------------------------------------------

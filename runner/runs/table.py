@@ -8,9 +8,11 @@ arose. The control processor writes all of it in one Kafka transaction and calls
 ``committed`` once that committed. What must always hold:
 
 - a message that cannot be applied changes nothing and returns why (it goes to the DLQ);
-- a finished run is kept only as a marker (enough to refuse a duplicate trigger), and
-  only after the commit; a marker leaves memory after ``retention``, swept per partition
-  (``MarkersDue``) with a tombstone for the changelog;
+- memory holds only what is live: running runs and open windows. A finished run is kept
+  as a marker (enough to refuse a duplicate trigger) and a closed window as its event ids,
+  both in the partition's local store (``store.Store``), written there only after the
+  commit; they expire after ``retention``, swept per partition (``MarkersDue``) through
+  the store's time index, with a tombstone for the changelog;
 - after any error the processor drops the table and restores it from the changelog, so
   what it holds never outlives an aborted transaction.
 """
@@ -33,7 +35,7 @@ from headwater.runner.log.records import (
     encode_task_request,
 )
 from headwater.runner.model.pipeline import Pipeline
-from headwater.runner.runs import windows
+from headwater.runner.runs import changelog, windows
 from headwater.runner.runs.machine import (
     Dispatch,
     Finish,
@@ -41,27 +43,52 @@ from headwater.runner.runs.machine import (
     ScheduleRetry,
     TaskRecord,
     drift,
-    expired_markers,
     fail,
     step,
 )
+from headwater.runner.runs.store import MemoryKV, Store
 from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import TASK_TIMEOUT
 
 LOST_GRACE = 60.0  # seconds at most, on top of twice a task's timeout
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short retentions)
+SWEEP_LIMIT = 5_000  # markers and closed windows expired per sweep (one transaction)
+SWEEP_AGAIN = 1.0  # seconds to the next sweep when one reached its limit
+
+
+def memory_store() -> Store:
+    return Store(MemoryKV(), "", 0)
 
 
 @dataclass
 class Partition:
-    """What one control partition holds: its runs (and markers), its open windows and the
-    event ids of its closed ones (``closed`` by run id, indexed in ``batched`` by window,
-    source and event id)."""
+    """What one control partition holds: its local ``store`` (markers, closed windows'
+    event ids, and a copy of what is live), and in memory its running runs, its open
+    windows, and what a batch not yet committed finished or closed (``runs`` holds
+    those runs until the commit, ``closed`` those windows by run id, indexed in
+    ``batched`` by window, source and event id)."""
 
+    store: Store = field(default_factory=memory_store)
     runs: dict[str, Run] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
     closed: dict[str, Closed] = field(default_factory=dict)
     batched: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: Store) -> Partition:
+        """What is live in ``store``, in memory."""
+        runs = {run.run_id: run for run in store.running()}
+        return cls(store, runs, dict(store.windows()))
+
+    def run(self, run_id: str) -> Run | None:
+        """The run, or the marker of a finished one."""
+        return self.runs.get(run_id) or self.store.marker(run_id)
+
+    def is_closed(self, window: str, source: str, event_id: str) -> bool:
+        """Whether a closed window (kept for the dedup retention) holds this event."""
+        if (window, source, event_id) in self.batched:
+            return True
+        return self.store.closed_run(window, source, event_id) is not None
 
     def keep_closed(self, closed: Closed) -> None:
         self.closed[closed.run_id] = closed
@@ -122,6 +149,28 @@ class Changes:
     timers: list[tuple[int, Due, float]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
 
+    def changelog(self) -> dict[int, list[Record]]:
+        """The changelog records of what changed, per partition, in the order they are
+        written (and folded into the partition's store after the commit)."""
+        out: dict[int, list[Record]] = {}
+        for partition, run in self.runs.values():
+            out.setdefault(partition, []).append((*changelog.run_record(run), run))
+        for key, (partition, window) in self.windows.items():
+            out.setdefault(partition, []).append((*changelog.window_record(key, window), window))
+        for partition, closed in self.closed:
+            record = changelog.closed_record(closed, closed.run_id)
+            out.setdefault(partition, []).append((*record, closed))
+        for partition, run_id in self.expired:
+            out.setdefault(partition, []).append((run_id.encode(), None, None))
+        for partition, closed_id in self.expired_closed:
+            tombstone, _ = changelog.closed_record(None, closed_id)
+            out.setdefault(partition, []).append((tombstone, None, None))
+        return out
+
+
+#: A changelog record: key, value (``None``: a tombstone) and what it encodes, if known.
+Record = tuple[bytes, bytes | None, Run | Window | Closed | None]
+
 
 class RunTable:
     def __init__(
@@ -143,13 +192,18 @@ class RunTable:
         return partition in self._partitions
 
     def forget(self, partition: int) -> None:
-        self._partitions.pop(partition, None)
+        table = self._partitions.pop(partition, None)
+        if table is not None:
+            table.store.close()
 
     def clear(self) -> None:
-        self._partitions.clear()
+        for partition in list(self._partitions):
+            self.forget(partition)
 
     def restore(self, partition: int, restored: Partition) -> Iterator[tuple[Due, float]]:
-        """Take a partition as read from its changelog; yields the timers to arm again."""
+        """Take a partition as restored (its store up to date, what is live loaded); yields
+        the timers to arm again."""
+        self.forget(partition)
         self._partitions[partition] = restored
         for run in restored.runs.values():
             pipeline = self._pipelines.get(run.pipeline)
@@ -195,16 +249,26 @@ class RunTable:
             return self._apply_window(message, partition, table, changes)
         return self._apply_run(message, partition, table, changes)
 
-    def committed(self, changes: Changes) -> None:
-        """The batch's transaction committed: finished runs become markers, expired
-        markers leave memory."""
+    def committed(
+        self,
+        changes: Changes,
+        records: Mapping[int, list[Record]] | None = None,
+        offsets: Mapping[int, int] | None = None,
+    ) -> None:
+        """The batch's transaction committed: its changelog ``records`` (default: those of
+        ``changes``) go to each partition's store, with the changelog offset to read from
+        next (``offsets``, when known); finished runs and closed windows leave memory."""
+        records = changes.changelog() if records is None else records
+        for partition, written in records.items():
+            batch = self._partitions[partition].store.batch()
+            for key, value, decoded in written:
+                batch.fold(key, value, decoded)
+            batch.commit((offsets or {}).get(partition))
         for partition, run in changes.runs.values():
             if run.status != "running":
-                self._partitions[partition].runs[run.run_id] = marker(run)
-        for partition, run_id in changes.expired:
-            self._partitions[partition].runs.pop(run_id, None)
-        for partition, run_id in changes.expired_closed:
-            self._partitions[partition].drop_closed(run_id)
+                self._partitions[partition].runs.pop(run.run_id, None)
+        for partition, closed in changes.closed:
+            self._partitions[partition].drop_closed(closed.run_id)
 
     def _apply_window(
         self,
@@ -229,7 +293,7 @@ class RunTable:
             key = message.window
 
             def closed(identity: tuple[str, str]) -> bool:
-                return (key, *identity) in table.batched
+                return table.is_closed(key, *identity)
 
             fold = windows.add(window, message, spec, now, closed)
         else:
@@ -257,7 +321,7 @@ class RunTable:
         table: Partition,
         changes: Changes,
     ) -> str | None:
-        run = table.runs.get(message.run_id)
+        run = table.run(message.run_id)
         name = message.pipeline if isinstance(message, RunRequested) else run and run.pipeline
         pipeline = self._pipelines.get(name) if name else None
         if pipeline is None:
@@ -308,19 +372,14 @@ class RunTable:
         """Expire the partition's old markers (from memory once committed), give up on
         attempts whose result is overdue (lost request, dead worker), arm the next sweep."""
         now = self._clock()
-        for run_id in expired_markers(table.runs, now, self._retention):
-            changes.expired.append((partition, run_id))
-        for closed in table.closed.values():
-            if closed.closed_at + self._retention <= now:
-                changes.expired_closed.append((partition, closed.run_id))
+        markers, closed = table.store.due(now - self._retention, SWEEP_LIMIT)
+        changes.expired.extend((partition, run_id) for run_id in markers)
+        changes.expired_closed.extend((partition, run_id) for run_id in closed)
+        more = len(markers) + len(closed) >= SWEEP_LIMIT  # the rest in a second
         for run in [run for run in table.runs.values() if run.status == "running"]:
             for name, task in list(run.tasks.items()):
                 if task.status == "dispatched" and task.deadline and task.deadline <= now:
                     lost = self._lost(run.run_id, name, task.attempt, now)
                     self._apply_run(lost, partition, table, changes)
-        changes.timers.append((partition, MarkersDue(partition), now + self.sweep_every()))
-
-
-def marker(run: Run) -> Run:
-    """What is kept of a finished run: enough to refuse a duplicate trigger."""
-    return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})
+        next_at = now + (SWEEP_AGAIN if more else self.sweep_every())
+        changes.timers.append((partition, MarkersDue(partition), next_at))

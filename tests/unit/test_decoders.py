@@ -19,8 +19,7 @@ from headwater.runner.log.records import (
     decode_task_request,
     encode_control,
 )
-from headwater.runner.runs import changelog
-from headwater.runner.runs.table import Partition
+from headwater.runner.runs.store import MemoryKV, Store
 
 json_values = st.recursive(
     st.none()
@@ -182,9 +181,11 @@ def test_bad_headers_are_named(hs: list[tuple[str, bytes | None]], says: str) ->
 def test_changelog_fold_takes_a_record_or_says_why(prefix: str, name: str, value: Any) -> None:
     """A changelog record of any shape, under any of its key kinds (run, open window,
     closed window's ids), is folded in or refused with ``BadMessage``, table unchanged."""
-    table = Partition()
+    kv = MemoryKV()
+    batch = Store(kv, "runs", 0).batch()
     try:
-        changelog.fold(table, (prefix + name).encode(), value)
+        batch.fold((prefix + name).encode(), value)
     except BadMessage as exc:
         assert "changelog record is unreadable" in str(exc)
-        assert table == Partition()
+        batch.commit(None)
+        assert kv.data == {}

@@ -17,7 +17,14 @@ from headwater.runner.log.records import (
 )
 from headwater.runner.model.pipeline import Batching, Pipeline, Task, Trigger
 from headwater.runner.runs import changelog
-from headwater.runner.runs.table import Changes, Completed, Dispatched, Partition, RunTable
+from headwater.runner.runs.table import (
+    Changes,
+    Completed,
+    Dispatched,
+    Partition,
+    RunTable,
+    memory_store,
+)
 
 PIPELINE = Pipeline(
     "p",
@@ -31,6 +38,16 @@ def table(retention: float = 3600.0) -> RunTable:
     t = RunTable({"p": PIPELINE}, retention, clock=lambda: NOW, rand=lambda: 0.5)
     list(t.restore(0, Partition()))
     return t
+
+
+def restored_from(*records: tuple[bytes, bytes | None]) -> Partition:
+    """A partition as a restore leaves it after folding ``records`` into its store."""
+    store = memory_store()
+    batch = store.batch()
+    for key, value in records:
+        batch.fold(key, value)
+    batch.commit(len(records))
+    return Partition.load(store)
 
 
 def finished(task: str, ok: bool = True, attempt: int = 1) -> TaskFinished:
@@ -68,10 +85,11 @@ def test_a_failure_schedules_a_retry_and_success_finishes_after_the_commit() -> 
     assert isinstance(changes.outputs[-1], Completed)
     assert [n.hook for n in changes.notes][-1] == "finished"
     t.committed(changes)
-    restored = Partition()  # the changelog record of the finished run restores a marker
-    key, value = changelog.run_record(changes.runs["r1"][1])
-    changelog.fold(restored, key, value)
-    assert restored.runs["r1"].tasks == {} and restored.runs["r1"].status == "succeeded"
+    # The changelog record of the finished run restores a marker, on disk only.
+    restored = restored_from(changelog.run_record(changes.runs["r1"][1]))
+    assert "r1" not in restored.runs
+    marker = restored.run("r1")
+    assert marker is not None and marker.tasks == {} and marker.status == "succeeded"
 
 
 def test_messages_that_cannot_be_applied_say_why() -> None:
@@ -96,11 +114,9 @@ def test_a_full_window_becomes_a_run_request_and_its_changelog_tombstone() -> No
 
 def test_the_sweep_expires_old_markers_only_once_committed() -> None:
     t = table(retention=100.0)
-    restored = Partition()
     old = {"run_id": "old", "pipeline": "p", "event": {}, "created_at": 0.0}
     record = {**old, "status": "succeeded", "finished_at": NOW - 500, "tasks": {}}
-    changelog.fold(restored, b"old", orjson.dumps(record))
-    list(t.restore(0, restored))
+    list(t.restore(0, restored_from((b"old", orjson.dumps(record)))))
     changes = Changes()
     t.apply(0, MarkersDue(0), changes)
     assert changes.expired == [(0, "old")]
@@ -204,9 +220,9 @@ def test_a_redelivery_after_its_window_closed_joins_no_later_window() -> None:
     assert again.outputs == [] and again.windows["w"][1] is not None
     assert [e["id"] for e in again.windows["w"][1].events] == ["e3"]
     # The ids live in the changelog: a restored partition still drops the redelivery.
-    restored = Partition()
-    for _, closed in closing.closed:
-        changelog.fold(restored, *changelog.closed_record(closed, closed.run_id))
+    restored = restored_from(
+        *(changelog.closed_record(closed, closed.run_id) for _, closed in closing.closed)
+    )
     t2 = RunTable({"p": pipeline}, 3600.0, clock=lambda: now[0], rand=lambda: 0.5)
     list(t2.restore(0, restored))
     after_restore = Changes()

@@ -11,7 +11,6 @@ from headwater.runner.runs.machine import (
     Finish,
     Run,
     ScheduleRetry,
-    expired_markers,
     run_id_for,
     step,
 )
@@ -125,17 +124,3 @@ def test_run_ids_are_the_uuid5_of_pipeline_source_and_event_id() -> None:
     for pipeline, event_id, source in [("p", "1", "/s"), ("csv-report", "é/∂", "arn:aws:s3")]:
         expected = uuid.uuid5(namespace, f"{pipeline}\x00{source}\x00{event_id}")
         assert run_id_for(pipeline, event_id, source) == str(expected)
-
-
-def test_only_markers_of_runs_finished_before_the_retention_expire() -> None:
-    def run(run_id: str, status: str, finished_at: float | None) -> Run:
-        return Run(run_id, "p", {}, 0.0, status, finished_at)  # type: ignore[arg-type]
-
-    runs = {
-        "old": run("old", "succeeded", 10.0),
-        "old-failed": run("old-failed", "failed", 50.0),
-        "recent": run("recent", "succeeded", 95.0),
-        "edge": run("edge", "succeeded", 60.0),  # exactly the retention old: kept
-        "running": run("running", "running", None),
-    }
-    assert expired_markers(runs, now=100.0, retention=40.0) == ["old", "old-failed"]
