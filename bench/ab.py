@@ -1,5 +1,6 @@
 """``python -m bench.ab TAG``: the rows an A/B comparison of the hot paths needs, in one
-go (about 90 s): the raw consume->produce baseline, runs end to end, batched runs, and
+go (about 100 s): the raw consume->produce baseline, match (the router over 100
+pipelines), runs end to end, batched runs, and
 latency at 1k and 5k events/s offered. Prints one JSON line, rates also as ratios to the
 baseline measured a moment before. ``bench/ab.sh COMMIT...`` runs it for each commit (and
 the working tree), interleaved, so that noise on a shared machine hits every side alike.
@@ -19,7 +20,7 @@ from bench.batched import batched_runs
 from bench.kafkatools import create_topics, delete_topics
 from bench.latency import latency
 from bench.run import settings_for
-from bench.stages import runs
+from bench.stages import match, runs
 
 RECORDS, RUNS, BATCHED, LOADS = 100_000, 20_000, 200_000, (1_000, 5_000)
 
@@ -32,11 +33,14 @@ async def main(tag: str) -> dict[str, Any]:
     try:
         await raw_produce(settings, raw, RECORDS)
         base = await raw_consume_produce(settings, raw, out, RECORDS)
+        matched = await match(settings_for(f"{run}m."), RECORDS)
         completed = await runs(settings_for(f"{run}r."), RUNS)
         carried, _ = await batched_runs(settings_for(f"{run}x."), BATCHED)
         figures: dict[str, Any] = {
             "tag": tag,
             "baseline_per_s": round(base),
+            "match_per_s": round(matched),
+            "match_ratio": round(matched / base, 4),
             "runs_per_s": round(completed),
             "runs_ratio": round(completed / base, 4),
             "batched_per_s": round(carried),

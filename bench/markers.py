@@ -1,7 +1,7 @@
 """Markers and restore: a runner whose run table holds millions of finished runs.
 
-The ``runs`` changelog is filled first with finished-run records shaped like headwater's
-own (a one-task run of a CloudEvent; each in the partition of its run id), so the table
+The ``runs`` changelog is filled first with finished-run records as headwater writes them
+(a finished run's record is its marker; each in the partition of its run id), so the table
 of N markers is built in a minute instead of N runs' time. Then a runner process
 (``bench.runner_process``, the one-task pipeline) starts on it, and its log says when
 each control partition's table is restored (``run table rebuilt from the changelog`` or
@@ -40,6 +40,7 @@ from bench.memory import _status
 from bench.processes import relay, stop
 from headwater.runner.log import kafka
 from headwater.runner.log.writer import partition_for, record_size
+from headwater.runner.runs.machine import Run
 from headwater.runner.settings import Settings
 
 STOP_WITHIN = 60.0
@@ -51,40 +52,13 @@ _RESTORED = re.compile(
 
 
 def marker_record(i: int) -> tuple[bytes, bytes]:
-    """A finished one-task run's changelog record, as the control processor writes it."""
+    """A finished run's changelog record, as the control processor writes it (a finished
+    run's record is its marker)."""
     h = f"{i:032x}"
     run_id = f"{h[:8]}-{h[8:12]}-5{h[13:16]}-8{h[17:20]}-{h[20:]}"
     at = 1_700_000_000.0 + i / 1000
-    event = {
-        "specversion": "1.0",
-        "id": f"reading-{i}",
-        "source": "/bench",
-        "type": "bench.reading",
-        "subject": f"sensor/{i % 100}",
-        "time": "2026-12-03T12:00:00Z",
-        "datacontenttype": "application/json",
-        "data": {"value": 21.5, "unit": "C"},
-    }
-    task = {
-        "status": "succeeded",
-        "attempt": 1,
-        "output": None,
-        "error": None,
-        "started_at": at,
-        "finished_at": at + 0.002,
-        "retry_at": None,
-        "deadline": at + 7260.0,
-    }
-    run = {
-        "run_id": run_id,
-        "pipeline": "bench-noop",
-        "event": event,
-        "created_at": at,
-        "status": "succeeded",
-        "finished_at": at + 0.003,
-        "tasks": {"noop": task},
-    }
-    return run_id.encode(), orjson.dumps(run)
+    run = Run(run_id, "bench-noop", {}, at, "succeeded", at + 0.003, {})
+    return run_id.encode(), orjson.dumps(run.to_json())
 
 
 async def fill_markers(settings: Settings, first: int, last: int) -> int:
@@ -233,7 +207,7 @@ async def failover(settings: Settings, root: Path, within: float) -> dict[str, A
         await owner.restored(within)
         second = await Runner(settings, root / "b", "bench-b", standby=standby).start()
         try:
-            await asyncio.sleep(5.0)  # in the group; a standby catches up meanwhile
+            await _settled(second, within)  # in the group, its first partitions restored
             if standby:
                 await _caught_up(second, within)
             before = len(second.restores())
@@ -246,12 +220,29 @@ async def failover(settings: Settings, root: Path, within: float) -> dict[str, A
             await second.stop()
         out["standby" if standby else "no_standby"] = {
             "kill_to_restored_seconds": took,
+            "restore_seconds": sum(r[3] for r in restores),
             "records_read": sum(r[2] for r in restores),
             "how": sorted({r[1] for r in restores}),
             "peak_rss_mb": rss,
             "standby_disk_bytes": disk_bytes(root / "b"),
         }
     return out
+
+
+async def _settled(runner: Runner, within: float, quiet: float = 5.0) -> None:
+    """Wait until the runner restored what the group gave it and nothing more came for
+    ``quiet`` seconds."""
+    deadline = time.monotonic() + within
+    seen, since = -1, time.monotonic()
+    while True:
+        count = len(runner.restores())
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif count and time.monotonic() - since >= quiet:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the second runner restored nothing")
+        await asyncio.sleep(0.5)
 
 
 async def _caught_up(runner: Runner, within: float) -> None:

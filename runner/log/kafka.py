@@ -267,7 +267,9 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
     ``control``'s partition count, so a run's state lives in the partition of its id."""
     topics = settings.topics
     kafka = settings.kafka
-    compacted = {"cleanup.policy": "compact"}
+    # Tombstones are kept a day after compaction reaches them: a local store is trusted
+    # for less than that after its last update (``runs.store.TRUSTED_FOR``).
+    compacted = {"cleanup.policy": "compact", "delete.retention.ms": str(86_400_000)}
     wanted = [
         NewTopic(topics.events, kafka.partitions, kafka.replication),
         NewTopic(topics.control, kafka.partitions, kafka.replication),

@@ -19,7 +19,7 @@ from headwater.runner.settings import Settings
 
 FETCH_RECORDS = 5000
 #: Larger fetches than a subscriber's: a reader wants a partition's whole history fast.
-FETCH_BYTES = {"max_partition_fetch_bytes": 8 * 1024 * 1024, "fetch_max_bytes": 64 * 1024 * 1024}
+FETCH_BYTES = {"max_partition_fetch_bytes": 4 * 1024 * 1024, "fetch_max_bytes": 16 * 1024 * 1024}
 
 
 async def read_partition(

@@ -88,7 +88,14 @@ class RocksKV:
     _buffers: Any = None
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBufferManager
+        from rocksdict import (
+            BlockBasedIndexType,
+            BlockBasedOptions,
+            Cache,
+            Options,
+            Rdict,
+            WriteBufferManager,
+        )
 
         if RocksKV._cache is None:  # one budget for every store of the process
             RocksKV._cache = Cache(CACHE_BYTES)
@@ -100,6 +107,12 @@ class RocksKV:
         table = BlockBasedOptions()
         table.set_block_cache(RocksKV._cache)
         table.set_bloom_filter(10, False)
+        # Filters and indexes in the block cache too, partitioned, only their top level
+        # pinned: memory stays within the cache whatever the store holds.
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_top_level_index_and_filter(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(RocksKV._buffers)
         options.set_write_buffer_size(8 * 1024 * 1024)
@@ -363,9 +376,9 @@ class Batch:
             created_at, finished_at = obj["created_at"], obj["finished_at"]
             if fields[2] == "running":
                 Run.from_json(obj)  # it must read back whole: memory gets it on a restore
-        if fields[0] != name:
-            raise ValueError(f"its key is {name!r} but it holds run {fields[0]!r}")
-        _check_marker(*fields[1:], created_at, finished_at)
+            if fields[0] != name:
+                raise ValueError(f"its key is {name!r} but it holds run {fields[0]!r}")
+            _check_marker(*fields[1:], created_at, finished_at)
         if fields[2] == "running":
             out[b"r" + run_id] = value
         else:

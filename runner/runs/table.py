@@ -154,7 +154,10 @@ class Changes:
         written (and folded into the partition's store after the commit)."""
         out: dict[int, list[Record]] = {}
         for partition, run in self.runs.values():
-            out.setdefault(partition, []).append((*changelog.run_record(run), run))
+            # A finished run's record is its marker: all a restore keeps of it (its outputs
+            # went out with its completion), so the changelog holds ~250 bytes per run.
+            kept = run if run.status == "running" else marker(run)
+            out.setdefault(partition, []).append((*changelog.run_record(kept), kept))
         for key, (partition, window) in self.windows.items():
             out.setdefault(partition, []).append((*changelog.window_record(key, window), window))
         for partition, closed in self.closed:
@@ -372,6 +375,7 @@ class RunTable:
         """Expire the partition's old markers (from memory once committed), give up on
         attempts whose result is overdue (lost request, dead worker), arm the next sweep."""
         now = self._clock()
+        table.store.stamp()  # its owner keeps it current: an idle partition's stays trusted
         markers, closed = table.store.due(now - self._retention, SWEEP_LIMIT)
         changes.expired.extend((partition, run_id) for run_id in markers)
         changes.expired_closed.extend((partition, run_id) for run_id in closed)
@@ -383,3 +387,8 @@ class RunTable:
                     self._apply_run(lost, partition, table, changes)
         next_at = now + (SWEEP_AGAIN if more else self.sweep_every())
         changes.timers.append((partition, MarkersDue(partition), next_at))
+
+
+def marker(run: Run) -> Run:
+    """What is kept of a finished run: enough to refuse a duplicate trigger."""
+    return Run(run.run_id, run.pipeline, {}, run.created_at, run.status, run.finished_at, {})

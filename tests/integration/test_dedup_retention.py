@@ -1,6 +1,7 @@
 """The dedup retention against the real Kafka and a real ``headwater dev`` process: a
 trigger event seen again within the retention starts nothing; after it, its marker is gone
-from the changelog (a tombstone) and from memory (the event starts a new run)."""
+from the changelog (a tombstone) and from the local store on disk (the event starts a new
+run)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,27 @@ def runs_of(records: list[Any], event_id: str) -> int:
     return sum(orjson.loads(r.value)["trigger"]["id"] == event_id for r in records)
 
 
+def stored_keys(tmp_path: Path, prefix: bytes) -> list[bytes]:
+    """Keys under ``prefix`` in every control partition's store the runner keeps."""
+    from rocksdict import AccessType, Options, Rdict
+
+    found = []
+    for folder in sorted((tmp_path / "state").glob("*/*")):
+        if not folder.is_dir():
+            continue
+        db = Rdict(str(folder), Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            for stored in db.keys(from_key=prefix):
+                if not stored.startswith(prefix):
+                    break
+                found.append(stored)
+        finally:
+            db.close()
+    return found
+
+
 async def test_a_marker_refuses_a_duplicate_within_the_retention_and_is_deleted_after_it(
-    settings: Settings, runner: HeadwaterProcess
+    settings: Settings, runner: HeadwaterProcess, tmp_path: Path
 ) -> None:
     await runner.output_shows("headwater dev:")
     completions = settings.topics.completions
@@ -67,6 +87,11 @@ async def test_a_marker_refuses_a_duplicate_within_the_retention_and_is_deleted_
         within=RETENTION * 4,
     )
     assert [r.value is None for r in tombstoned if r.key == key][-1]
+    # ... and neither the marker nor its expiry index entry is left in the store on disk
+    # (read through a read-only view of the running process's store)
+    assert stored_keys(tmp_path, b"m" + key) == []
+    assert [k for k in stored_keys(tmp_path, b"x") if k.endswith(b"m" + key)] == []
+    assert stored_keys(tmp_path, b"m") != []  # y's marker: the view does see markers
     # ... and the event, seen again, starts a new run
     await publish(settings, "test.once", ["x"])
     await read_topic(settings, completions, lambda records: runs_of(records, "x") == 2)

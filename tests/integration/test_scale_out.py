@@ -1,7 +1,8 @@
 """Two runner processes on one log, against the real Kafka: they share the work, and every
 event still triggers exactly one run when one of them is SIGKILLed while runs are under
 way (its partitions move to the other after the session timeout; the transaction it left
-open is aborted by the broker)."""
+open is aborted by the broker). With ``HEADWATER_STANDBY=1`` the survivor kept warm copies
+of the partitions it did not own, and takes them over from local state, not by a replay."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ EVENTS = 600
 GROUPS = ("router", "control", "workers.default")
 
 
-@pytest.fixture
-def runners(settings: Settings, tmp_path: Path) -> Iterator[dict[str, HeadwaterProcess]]:
+@pytest.fixture(params=["0", "1"], ids=["plain", "standby"])
+def runners(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, HeadwaterProcess]]:
     (tmp_path / "shared.yaml").write_text(PIPELINE)
     (tmp_path / "shared_tasks.py").write_text(TASKS)
     processes = {
@@ -40,7 +43,7 @@ def runners(settings: Settings, tmp_path: Path) -> Iterator[dict[str, HeadwaterP
             ["dev", str(tmp_path)],
             settings,
             tmp_path / f"{name}.log",
-            env={"HEADWATER_INSTANCE": name},
+            env={"HEADWATER_INSTANCE": name, "HEADWATER_STANDBY": request.param},
         ).start()
         for name in ("one", "two")
     }
@@ -71,6 +74,10 @@ async def test_two_processes_share_the_runs_and_a_sigkill_of_one_loses_or_double
         }
 
     seen = await read_topic(settings, topic, both_worked)
+    standby = runners["one"].env["HEADWATER_STANDBY"] == "1"
+    if standby:
+        await runners["one"].output_shows("standby caught up")
+    restores_before = runners["one"].output().count("run table ")
     runners["two"].kill()
     assert len(seen) < EVENTS, "the runs were no longer under way at the kill"
 
@@ -85,3 +92,8 @@ async def test_two_processes_share_the_runs_and_a_sigkill_of_one_loses_or_double
     assert sorted(per_event, key=int) == [str(i) for i in range(EVENTS)]
     assert [i for i, n in per_event.items() if n != 1] == []  # exactly one run per event
     assert all(c["status"] == "succeeded" for c in done)
+    taken = runners["one"].output().split("\n")
+    after_kill = [line for line in taken if "run table " in line][restores_before:]
+    assert after_kill, "the survivor restored nothing after the kill"
+    if standby:  # taken over from its warm copies: a short tail, never a rebuild
+        assert all("restored from local state" in line for line in after_kill), after_kill
