@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"headwater: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_state_dir(folder: Path) -> None:
+    """The run table's local state must be writable: say so at once, not at each restore."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"HEADWATER_STATE_DIR: cannot keep the run table's local state in {folder} "
+            f"({exc.strerror or exc})"
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +98,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    _check_state_dir(settings.state_dir)
     try:
         pipelines = load_pipelines(args.pipelines)
     except PipelineErrors as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,18 @@ def test_validate_reports_file_line_field_and_exits_non_zero(tmp_path: Path) -> 
         f'{bad}:8: tasks.read.retries: must be an integer between 0 and 100 (got "two")',
         f'{bad}:11: tasks.write.needs[0]: unknown task "reed"',
     ]
+
+
+def test_dev_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = subprocess.run(
+        [HEADWATER, "dev", "examples"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HEADWATER_STATE_DIR": str(blocker / "state")},
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "HEADWATER_STATE_DIR: cannot keep the run table's local state in" in done.stderr
+    assert str(blocker) in done.stderr
