@@ -123,7 +123,9 @@ class RocksKV:
         try:
             self._db = Rdict(str(path), options=options)
         except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exceptions
-            if "lock" in str(exc).lower():  # never wiped: another process may be using it
+            # Never wiped: another process may be using it. (RocksDB says "While lock file:
+            # .../LOCK"; a "block checksum mismatch" is corruption, not a lock.)
+            if "lock file" in str(exc).lower() or "/LOCK" in str(exc):
                 raise StoreLocked(
                     f"{path} is in use by another process (two processes with one "
                     f"HEADWATER_INSTANCE and HEADWATER_STATE_DIR?): {exc}"

@@ -16,7 +16,14 @@ from headwater.runner.log.records import RunRequested
 from headwater.runner.model.pipeline import Pipeline, Task, Trigger
 from headwater.runner.runs import changelog
 from headwater.runner.runs.machine import Run
-from headwater.runner.runs.store import MemoryKV, RocksKV, Store, open_store, untrusted
+from headwater.runner.runs.store import (
+    MemoryKV,
+    RocksKV,
+    Store,
+    StoreLocked,
+    open_store,
+    untrusted,
+)
 from headwater.runner.runs.table import Changes, Partition, RunTable
 from headwater.runner.runs.windows import Closed, Window
 
@@ -166,3 +173,14 @@ def test_replaying_a_tail_the_store_already_has_changes_nothing(
     once.data.pop(b"o")
     replayed.data.pop(b"o")
     assert once.data == replayed.data
+
+
+def test_a_store_open_elsewhere_is_refused_never_wiped(tmp_path: Path) -> None:
+    """Two processes on one state dir (one ``HEADWATER_INSTANCE``): the second is told,
+    and the first's store is left as it is."""
+    first = open_store(tmp_path, TOPIC, 0)
+    fold_all(first, [changelog.run_record(run("r1"))], 1)
+    with pytest.raises(StoreLocked, match="in use by another process"):
+        open_store(tmp_path, TOPIC, 0)
+    assert first.marker("r1") is not None and first.checkpoint == 1
+    first.close()
