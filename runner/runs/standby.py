@@ -129,6 +129,7 @@ class Standby:
                 if at is not None:
                     store.clear()
                 reader.seek(tp, beginnings[tp])
+                store.batch().commit(beginnings[tp])  # empty, and up to date at the start
             else:
                 reader.seek(tp, at)
 
