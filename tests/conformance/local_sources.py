@@ -168,8 +168,14 @@ class FileDropHarness(SourceHarness):
         }
 
     async def stop_source(self) -> None:
-        """The folder disappears (unmounted, deleted)..."""
-        shutil.rmtree(self.folder)
+        """The folder disappears (unmounted, deleted)...
+
+        At once: renamed away first, so the bridge, still moving files out of it, never
+        races the removal (rmtree of a folder whose files the bridge is moving raced once in CI).
+        """
+        gone = self.folder.with_name(f"{self.folder.name}.gone")
+        self.folder.rename(gone)
+        shutil.rmtree(gone)
 
     async def start_source(self) -> None:
         """...and comes back."""
