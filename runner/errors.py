@@ -9,6 +9,8 @@ bug is not.
 
 from __future__ import annotations
 
+import errno
+
 
 class HeadwaterError(Exception):
     """Root of every error headwater raises on purpose."""
@@ -66,15 +68,103 @@ class PipelineErrors(ConfigError):
 
 
 class TaskFailed(HeadwaterError):
-    """A task attempt failed (raised, exited non-zero or timed out)."""
+    """A task attempt failed (raised, exited non-zero or timed out). ``retriable``: the
+    failure looks like the task's service failing (``retriable(cause)``), not its code;
+    only those count against a route's circuit breaker."""
+
+    def __init__(self, message: str, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class Retriable(HeadwaterError):
+    """Raised by a task to say that what it called failed, not the task: the attempt fails
+    (and is retried as the task's ``retries`` say) and counts against the breaker of the
+    task's route, which stops dispatching to a service that keeps failing.
+
+    ``raise Retriable("warehouse answered 503")``; ``raise Retriable(...) from exc`` keeps
+    the cause."""
 
     retriable = True
 
 
+#: errno values of a service that cannot be reached (refused, reset, unreachable, timed out)
+_UNREACHABLE = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EPIPE,
+    }
+)
+#: HTTP statuses that say "the service failed, try again": 5xx, 429 (too many requests),
+#: 408 (request timeout)
+_RETRIABLE_STATUS = frozenset({408, 429})
+#: class names (in an exception's MRO) the usual HTTP and cloud clients give their "could
+#: not connect" and "timed out" errors (requests, httpx, aiohttp, urllib3, botocore)
+_UNREACHABLE_NAMES = (
+    "ConnectionError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "TimeoutError",
+    "Timeout",
+    "ServerDisconnectedError",
+    "EndpointConnectionError",
+    "ServiceUnavailable",
+    "TooManyRequests",
+    "InternalServerError",
+    "DeadlineExceeded",
+)
+
+
 def retriable(exc: BaseException) -> bool:
     """Whether trying again may succeed: the error's own flag for headwater's errors (and
-    for aiokafka's, which carry the same flag), true for lost connections and timeouts."""
-    flag = getattr(exc, "retriable", None)
-    if isinstance(flag, bool):
-        return flag
-    return isinstance(exc, ConnectionError | TimeoutError)
+    for aiokafka's, which carry the same flag); for anything else, whether it or an error
+    it was raised ``from`` says the other side failed: a lost or refused connection, a
+    timeout, an HTTP 5xx/429/408 status (``status``, ``status_code``, ``code`` or a
+    ``response`` carrying one, as aiohttp, requests, httpx, urllib and botocore errors do).
+    A ``ValueError`` or any other error of the code itself is not retriable."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:  # the chain of ``raise ... from``
+        flag = getattr(current, "retriable", None)
+        if isinstance(flag, bool):
+            return flag
+        if _says_unreachable(current):
+            return True
+        current, seen = current.__cause__, seen + 1
+    return False
+
+
+def _says_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
+        return True
+    status = _http_status(exc)
+    if status is not None:
+        return status >= 500 or status in _RETRIABLE_STATUS
+    reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket's error
+    if isinstance(reason, BaseException) and reason is not exc and _says_unreachable(reason):
+        return True
+    return any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(exc).__mro__)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    candidates: list[object] = [
+        getattr(exc, name, None) for name in ("status", "status_code", "code")
+    ]
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        candidates.append(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+    elif response is not None:
+        candidates += [getattr(response, n, None) for n in ("status_code", "status")]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None

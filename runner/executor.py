@@ -3,7 +3,10 @@
 A task receives a ``TaskContext`` (the trigger event, its upstream tasks' outputs, its
 ``with`` params) and returns a JSON-serialisable output. Whatever goes wrong (an
 exception, a non-zero exit, a timeout, an output that is not JSON) becomes ``TaskFailed``
-with a message naming it; nothing else escapes ``execute``.
+with a message naming it; nothing else escapes ``execute``. A failure is ``retriable``
+(counts against the route's circuit breaker) when the task raised ``Retriable``, a lost or
+refused connection, a timeout or an HTTP 5xx/429 error (``errors.retriable``), timed out,
+or a command exited with status 75 (EX_TEMPFAIL); a bug in the task's code is not.
 
 - ``python: module:function``: sync functions run in a worker thread, async ones on the
   loop; both are bounded by the task's ``timeout`` (a timed-out thread cannot be killed,
@@ -29,12 +32,15 @@ from typing import Any
 
 import orjson
 
-from headwater.runner.errors import TaskFailed
+from headwater.runner.errors import TaskFailed, retriable
 from headwater.runner.model.pipeline import Task
 from headwater.runner.runs.windows import BATCH_TYPE
 from headwater.runner.settings import MAX_OUTPUT_BYTES, TASK_TIMEOUT
 
 _STDERR_TAIL = 2000
+#: A command exiting with this status (sysexits' EX_TEMPFAIL) says "a service I need
+#: failed, try again later": the failure counts against its route's breaker.
+EX_TEMPFAIL = 75
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +107,11 @@ async def execute(
         else:
             output = await _run_command(task, context, timeout)
     except TimeoutError:
-        raise TaskFailed(f"timed out after {timeout:g}s") from None
+        raise TaskFailed(f"timed out after {timeout:g}s", retriable=True) from None
     except TaskFailed:
         raise
     except Exception as exc:
-        raise TaskFailed(f"{type(exc).__name__}: {exc}") from exc
+        raise TaskFailed(f"{type(exc).__name__}: {exc}", retriable(exc)) from exc
     try:
         size = len(orjson.dumps(output))
     except TypeError as exc:
@@ -174,7 +180,7 @@ async def _call(target: str, context: TaskContext) -> Any:
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the attempt only
         # Caught here, in the task the call runs in: asyncio hands SystemExit and
         # KeyboardInterrupt that leave a task to the event loop, which stops the process.
-        raise TaskFailed(f"{type(exc).__name__}: {exc}") from None
+        raise TaskFailed(f"{type(exc).__name__}: {exc}", retriable(exc)) from None
 
 
 async def _run_command(task: Task, context: TaskContext, within: float) -> Any:
@@ -208,7 +214,10 @@ async def _run_command(task: Task, context: TaskContext, within: float) -> Any:
         raise
     if process.returncode != 0:
         tail = stderr.decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
-        raise TaskFailed(f"command exited with status {process.returncode}: {tail}")
+        raise TaskFailed(
+            f"command exited with status {process.returncode}: {tail}",
+            retriable=process.returncode == EX_TEMPFAIL,
+        )
     text = stdout.decode("utf-8", "replace").strip()
     try:
         return orjson.loads(text) if text else None

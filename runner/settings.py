@@ -16,11 +16,14 @@ from typing import Any
 
 from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError
+from headwater.runner.flow.breaker import BreakerSpec
 from headwater.runner.secrets import resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
 MAX_OUTPUT_BYTES = 256 * 1024
+WORKER_CONCURRENCY = 32
+DEFAULT_BREAKER = BreakerSpec()  # 5 retriable failures in a row, 30 s cooldown
 TASK_TIMEOUT = 3600.0  # a task without ``timeout:`` is stopped after an hour
 MAX_OUTPUT_CEILING = 768 * 1024
 
@@ -51,6 +54,11 @@ class Topics:
     @property
     def completions(self) -> str:
         return f"{self.prefix}completions"
+
+    @property
+    def status(self) -> str:
+        """Flow-control transitions (breakers, pauses) as CloudEvents, keyed by route."""
+        return f"{self.prefix}status"
 
     def tasks(self, route: str) -> str:
         return f"{self.prefix}tasks.{route}"
@@ -148,6 +156,11 @@ class Settings:
     state_root: Path = field(default_factory=lambda: default_state_root(os.environ))
     #: keep warm copies of the control partitions this process does not own
     standby: bool = False
+    #: each route's circuit breaker (a task's ``breaker:`` replaces it for that task);
+    #: None: no breaker unless a task has its own
+    breaker: BreakerSpec | None = field(default_factory=BreakerSpec)
+    #: task requests one worker runs at a time (per route)
+    worker_concurrency: int = WORKER_CONCURRENCY
 
     @property
     def state_dir(self) -> Path:
@@ -168,6 +181,11 @@ class Settings:
         standby = env.get("HEADWATER_STANDBY", "0").strip().lower()
         if standby not in ("0", "1", "true", "false", "yes", "no", ""):
             raise ConfigError(f"HEADWATER_STANDBY: {standby!r} is not 1/0, true/false or yes/no")
+        concurrency = env.get("HEADWATER_WORKER_CONCURRENCY", str(WORKER_CONCURRENCY))
+        if not concurrency.isdigit() or not 0 < int(concurrency) <= 10_000:
+            raise ConfigError(
+                f"HEADWATER_WORKER_CONCURRENCY: {concurrency!r} is not a count from 1 to 10000"
+            )
         return cls(
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
@@ -179,7 +197,27 @@ class Settings:
             if env.get("HEADWATER_STATE_DIR")
             else default_state_root(env),
             standby=standby in ("1", "true", "yes"),
+            breaker=_breaker(env),
+            worker_concurrency=int(concurrency),
         )
+
+
+def _breaker(env: Mapping[str, str]) -> BreakerSpec | None:
+    """The routes' breaker: ``HEADWATER_BREAKER_FAILURES`` consecutive retriable failures
+    open it (0: no route breaker), ``HEADWATER_BREAKER_COOLDOWN`` before its first probe."""
+    failures = env.get("HEADWATER_BREAKER_FAILURES", str(DEFAULT_BREAKER.failures)).strip()
+    if not failures.isdigit() or int(failures) > 10_000:
+        raise ConfigError(
+            f"HEADWATER_BREAKER_FAILURES: {failures!r} is not a count from 0 (off) to 10000"
+        )
+    if int(failures) == 0:
+        return None
+    cooldown = _positive_duration(env, "HEADWATER_BREAKER_COOLDOWN", DEFAULT_BREAKER.cooldown)
+    return BreakerSpec(
+        failures=int(failures),
+        cooldown=cooldown,
+        max_cooldown=max(DEFAULT_BREAKER.max_cooldown, cooldown),
+    )
 
 
 def default_state_root(env: Mapping[str, str]) -> Path:

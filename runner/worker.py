@@ -10,6 +10,13 @@ as soon as its task finishes, together with whatever else finished meanwhile: a 
 holds back no other task's result, only the commit of the offsets after its own
 (``Uncommitted``). A request fetched again while it still runs or waits for that commit
 (the group rebalanced and the partition stayed here) is not executed again.
+
+Flow control (``flow.gate``): a request runs only when its circuit breaker admits it.
+While the route's breaker is open the worker pauses its partitions (the requests wait in
+Kafka) and holds the ones it fetched; nothing is executed, so no attempt is spent. While
+it holds, it tells every control partition so (``RouteHeld``), so the run table does not
+take the waiting attempts for lost. Every transition is a CloudEvent on ``hw.status`` and
+a log line.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
 from headwater.runner.errors import BadMessage, TaskFailed
 from headwater.runner.executor import TaskContext, execute
+from headwater.runner.flow.gate import Change, Gate
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
+    HOLD_NOTICE_EVERY,
+    RouteHeld,
     TaskFinished,
     decode_task_request,
     dlq_record,
@@ -51,6 +62,7 @@ MAX_ERROR_CHARS = 4000
 
 _Write = tuple[str, bytes, bytes | None]
 _Report = tuple[TopicPartition, int, _Write]
+_END = None  # put on the queue of reports once no task can report any more
 
 
 class Uncommitted:
@@ -119,13 +131,15 @@ class Worker:
         settings: Settings,
         pipelines: Mapping[str, Pipeline],
         route: str = "default",
-        concurrency: int = 32,
+        concurrency: int | None = None,
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
         self._route = route
-        self._concurrency = concurrency
+        self._concurrency = concurrency or settings.worker_concurrency
+        self._gate = Gate(route, settings.breaker, time.monotonic)
+        self._outcome = asyncio.Event()  # set (and replaced) on each outcome: wakes holders
 
     async def run(self, stopping: asyncio.Event) -> None:
         uncommitted = Uncommitted()
@@ -169,6 +183,7 @@ class Worker:
                         await _wait(room, 0.2)
                         _raise_if_failed(reporter)
                         continue
+                    self._pause_while_open(consumer)
                     batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                     _raise_if_failed(reporter)
                     for tp, records in batch.items():
@@ -199,14 +214,24 @@ class Worker:
         """Write results as they come, each write carrying every result finished by then;
         commit what they complete. Returns after the ``None`` that marks the end."""
         writer = kafka.BatchWriter(producer)  # a restart starts with nothing half-added
+        last_notice = 0.0
         while True:
-            reports = [await finished.get()]
+            reports: list[_Report | None] = []
+            with contextlib.suppress(TimeoutError):  # at least each second: flow changes
+                reports.append(await asyncio.wait_for(finished.get(), 1.0))
             while not finished.empty():
                 reports.append(finished.get_nowait())
-            end = reports[-1] is None  # put last, once no task can report any more
+            end = bool(reports) and reports[-1] is _END
             done = [report for report in reports if report is not None]
             for _, _, (topic, value, key) in done:
                 await writer.add(topic, value, key=key)
+            await self._publish_changes(writer)
+            holding = self._gate.holding()
+            if holding is not None and time.monotonic() - last_notice >= HOLD_NOTICE_EVERY:
+                last_notice = time.monotonic()
+                notice = encode_control(RouteHeld(self._route, holding))
+                for partition in range(await writer.partitions(self._topics.control)):
+                    await writer.add(self._topics.control, notice, partition=partition)
             writes = await writer.flush()
             await kafka.all_acknowledged(writes, self._settings.kafka.write_timeout)
             for tp, offset, _ in done:
@@ -238,16 +263,36 @@ class Worker:
             upstream=request["upstream"],
             params=task.params,
         )
-        async with slots:
-            started = time.time()
-            try:
-                settings = self._settings
-                output = await execute(
-                    task, context, settings.max_output_bytes, settings.task_timeout
-                )
-                error, ok = None, True
-            except TaskFailed as exc:
-                output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False
+        gate, breaker = self._gate, task.breaker
+        retriable = False
+        while True:  # held until its breaker admits it, then run in a slot: nothing spent
+            while not gate.ready(pipeline.name, task.name, breaker):
+                wake = self._outcome
+                with contextlib.suppress(TimeoutError):
+                    hint = gate.wait_hint(pipeline.name, task.name, breaker)
+                    await asyncio.wait_for(wake.wait(), min(max(hint, 0.05), 5.0))
+            async with slots:
+                # Admitted only with a slot in hand: requests waiting for a slot when the
+                # breaker opened are held, not run.
+                if not gate.admit(pipeline.name, task.name, breaker):
+                    continue
+                started = time.time()
+                try:
+                    settings = self._settings
+                    output = await execute(
+                        task, context, settings.max_output_bytes, settings.task_timeout
+                    )
+                    error, ok = None, True
+                except TaskFailed as exc:
+                    output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False
+                    retriable = exc.retriable
+                except BaseException:  # stopping: a probe let through must not stay out
+                    gate.abandon(pipeline.name, task.name, breaker)
+                    raise
+                break
+        gate.outcome(pipeline.name, task.name, breaker, ok, retriable, error)
+        self._outcome.set()
+        self._outcome = asyncio.Event()
         result = TaskFinished(
             run_id=context.run_id,
             task=task.name,
@@ -260,8 +305,37 @@ class Worker:
         )
         return self._topics.control, encode_control(result), context.run_id.encode()
 
+    def _pause_while_open(self, consumer: Any) -> None:
+        """While the route's breaker is open its requests wait in Kafka: its partitions
+        are paused (again after a rebalance), resumed when it half-opens."""
+        if self._gate.paused():
+            consumer.pause(*consumer.assignment())
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+
+    async def _publish_changes(self, writer: kafka.BatchWriter) -> None:
+        """Each flow transition since the last call: a log line, a CloudEvent on
+        ``hw.status`` (keyed by route, so one route's changes stay in order)."""
+        for change in self._gate.changes():
+            log.warning("%s: %s %s", change.scope, change.kind, change.data.get("reason") or "")
+            event = status_event(change, self._settings.instance)
+            headers, value = to_kafka(event)
+            await writer.add(self._topics.status, value, key=self._route.encode(), headers=headers)
+
     def _dlq(self, record: Any, reason: str) -> _Write:
         return self._topics.dlq, dlq_record(reason, record_origin(record), record.value), None
+
+
+def status_event(change: Change, instance: str) -> CloudEvent:
+    """``headwater.<kind>`` (``headwater.breaker.opened``, ``headwater.flow.paused``...)."""
+    return CloudEvent(
+        id=new_id(),
+        source=f"headwater/worker/{instance}",
+        type=f"headwater.{change.kind}",
+        subject=change.scope,
+        time=now_iso(),
+        data={**change.data, "instance": instance},
+    )
 
 
 async def _wait(event: asyncio.Event, within: float) -> None:

@@ -62,6 +62,11 @@ class Breaker:
         """When an open breaker lets its first probe through (None unless open)."""
         return self._open_until if self.state == "open" else None
 
+    def ready(self) -> bool:
+        """Whether ``allow`` would let a call go now (asks only: takes no probe)."""
+        state = self.state
+        return state == "closed" or (state == "half-open" and self._probing < self.spec.probes)
+
     def allow(self) -> bool:
         """Whether one more call may go now (half-open: counts as a probe)."""
         state = self.state
@@ -71,6 +76,12 @@ class Breaker:
             self._probing += 1
             return True
         return False
+
+    def abandoned(self) -> None:
+        """A call let through ended without an outcome (its worker stopped): a probe it
+        held is free again, nothing counts."""
+        if self._state == "half-open" and self._probing > 0:
+            self._probing -= 1
 
     def succeeded(self) -> None:
         self._record(failed=False)
@@ -109,6 +120,8 @@ class Breaker:
         self._outcomes.clear()
 
     def _record(self, failed: bool) -> None:
+        if self.spec.rate is None:  # only a rate looks at the window: keep nothing
+            return
         now = self._clock()
         self._outcomes.append((now, failed))
         while self._outcomes and self._outcomes[0][0] <= now - self.spec.window:

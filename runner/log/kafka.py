@@ -276,6 +276,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
         NewTopic(topics.runs, kafka.partitions, kafka.replication, topic_configs=compacted),
         NewTopic(topics.completions, kafka.partitions, kafka.replication),
         NewTopic(topics.dlq, 1, kafka.replication),
+        NewTopic(topics.status, 1, kafka.replication),
         *(NewTopic(topics.tasks(r), kafka.partitions, kafka.replication) for r in routes),
     ]
     admin = AIOKafkaAdminClient(**settings.kafka.client_options())

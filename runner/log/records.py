@@ -79,7 +79,21 @@ class WindowDue:
     opened_at: float
 
 
-Control = ControlMessage | EventsBatched | WindowDue | MarkersDue
+@dataclass(frozen=True, slots=True)
+class RouteHeld:
+    """A worker of ``route`` holds task requests without running them (a circuit breaker
+    of the route is open, or a service its tasks need is down): the route's dispatched
+    attempts are waiting, not lost. Written to every control partition every few seconds
+    while it lasts (``HOLD_NOTICE_EVERY``); nothing of it is kept in the changelog."""
+
+    route: str
+    reason: str
+
+
+#: Seconds between a holding worker's ``RouteHeld`` notices.
+HOLD_NOTICE_EVERY = 5.0
+
+Control = ControlMessage | EventsBatched | WindowDue | MarkersDue | RouteHeld
 #: How much of a dead-lettered payload its DLQ entry keeps.
 DLQ_PAYLOAD_BYTES = 256 * 1024
 #: The control messages a timer of the control processor writes.
@@ -88,6 +102,7 @@ _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
     "retry.due": RetryDue,
+    "route.held": RouteHeld,
     "events.batched": EventsBatched,
     "window.due": WindowDue,
     "markers.due": MarkersDue,
@@ -130,6 +145,8 @@ def concerns(message: Control) -> dict[str, str]:
         return {"window": message.window}
     if isinstance(message, MarkersDue):
         return {}
+    if isinstance(message, RouteHeld):
+        return {"route": message.route}
     return {"run_id": message.run_id}
 
 

@@ -59,7 +59,7 @@ class BatchWriter:
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a record for {topic}", size, MAX_RECORD_BYTES)
         if partition is None:
-            count = self._partitions.get(topic) or await self._count_partitions(topic)
+            count = await self.partitions(topic)
             partition = self._flushes % count if key is None else partition_for(key, count)
         batch = self._open.get((topic, partition))
         if batch is None:
@@ -103,8 +103,10 @@ class BatchWriter:
         self._sent.append(future)
         self._batches.append((topic, partition, batch.record_count(), future))
 
-    async def _count_partitions(self, topic: str) -> int:
-        self._partitions[topic] = len(await self._producer.partitions_for(topic))
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (asked once)."""
+        if topic not in self._partitions:
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
         return self._partitions[topic]
 
 

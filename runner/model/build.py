@@ -15,6 +15,7 @@ import orjson
 
 from headwater.runner.durations import parse_duration
 from headwater.runner.flow.backoff import Backoff
+from headwater.runner.flow.breaker import BreakerSpec
 from headwater.runner.model.pipeline import (
     Batching,
     Comparison,
@@ -125,4 +126,22 @@ def _task(name: str, spec: dict[str, Any]) -> Task:
         timeout=None if timeout is None else parse_duration(timeout),
         route=spec.get("route", "default"),
         params=spec.get("with", {}),
+        breaker=breaker(spec["breaker"]) if "breaker" in spec else None,
     )
+
+
+def breaker(spec: dict[str, Any]) -> BreakerSpec:
+    """A task's ``breaker:`` (checked: durations parse, cooldown <= max_cooldown)."""
+    given: dict[str, Any] = {}
+    for name in ("failures", "min_calls", "probes"):
+        if name in spec:
+            given[name] = int(spec[name])
+    for name in ("rate", "growth"):
+        if name in spec:
+            given[name] = float(spec[name])
+    for name in ("window", "cooldown", "max_cooldown"):
+        if name in spec:
+            given[name] = parse_duration(spec[name])
+    if "cooldown" in given and "max_cooldown" not in given:
+        given["max_cooldown"] = max(BreakerSpec().max_cooldown, given["cooldown"])
+    return BreakerSpec(**given)

@@ -56,12 +56,36 @@ def duration_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
         places: list[tuple[DocPath, Any]] = [(("timeout",), task.get("timeout"))]
         if isinstance(backoff, dict):
             places += [(("backoff", key), backoff.get(key)) for key in ("initial", "max")]
+        breaker = task.get("breaker")
+        if isinstance(breaker, dict):
+            places += [(("breaker", k), breaker.get(k)) for k in _BREAKER_DURATIONS]
         for where, value in places:
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 try:
-                    parse_duration(value)
+                    seconds = parse_duration(value)
                 except ValueError as exc:
                     yield ("tasks", name, *where), str(exc)
+                    continue
+                if where[0] == "breaker" and seconds <= 0:
+                    yield ("tasks", name, *where), "must be longer than 0"
+        if isinstance(breaker, dict):
+            yield from _breaker_problems(name, breaker)
+
+
+_BREAKER_DURATIONS = ("window", "cooldown", "max_cooldown")
+
+
+def _breaker_problems(task: str, breaker: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    try:
+        cooldown = parse_duration(breaker.get("cooldown", 30.0))
+        most = parse_duration(breaker["max_cooldown"]) if "max_cooldown" in breaker else None
+    except (ValueError, TypeError):
+        return  # reported above, or by the schema
+    if most is not None and most < cooldown:
+        yield (
+            ("tasks", task, "breaker", "max_cooldown"),
+            f"must be at least the cooldown ({cooldown:g}s)",
+        )
 
 
 def trigger_id_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:

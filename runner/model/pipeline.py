@@ -13,6 +13,7 @@ from typing import Any, Literal
 # Re-exported: a task's retry schedule and the durations a pipeline file writes.
 from headwater.runner.durations import parse_duration as parse_duration
 from headwater.runner.flow.backoff import Backoff as Backoff
+from headwater.runner.flow.breaker import BreakerSpec as BreakerSpec
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists")
 Comparison = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists"]
@@ -72,6 +73,8 @@ class Task:
     timeout: float | None = None
     route: str = "default"
     params: dict[str, Any] = field(default_factory=dict)
+    #: a breaker of its own (``breaker:``) instead of its route's
+    breaker: BreakerSpec | None = None
 
     @property
     def max_attempts(self) -> int:

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from headwater.runner.log.records import (
+    HOLD_NOTICE_EVERY,
     Control,
     Due,
     EventsBatched,
     MarkersDue,
     RetryDue,
+    RouteHeld,
     RunRequested,
     TaskFinished,
     WindowDue,
@@ -190,6 +192,9 @@ class RunTable:
         self._clock = clock
         self._rand = rand
         self._partitions: dict[int, Partition] = {}
+        #: route -> (when, why) of the last ``RouteHeld`` notice its workers wrote
+        self._held: dict[str, tuple[float, str]] = {}
+        self._started = clock()
 
     def has(self, partition: int) -> bool:
         return partition in self._partitions
@@ -247,6 +252,9 @@ class RunTable:
         table = self._partitions[partition]
         if isinstance(message, MarkersDue):
             self._sweep(partition, table, changes)
+            return None
+        if isinstance(message, RouteHeld):
+            self._held[message.route] = (self._clock(), message.reason)
             return None
         if isinstance(message, EventsBatched | WindowDue):
             return self._apply_window(message, partition, table, changes)
@@ -371,6 +379,29 @@ class RunTable:
                     changes.notes.append(Note("finished", new))
         return None
 
+    def held(self, route: str) -> str | None:
+        """Why ``route``'s workers hold its tasks, if they said so within a notice's time."""
+        notice = self._held.get(route)
+        if notice is None or self._clock() - notice[0] > 3 * HOLD_NOTICE_EVERY:
+            return None
+        return notice[1]
+
+    def _waiting(self, pipeline_name: str, task_name: str, now: float) -> bool:
+        """Whether an overdue attempt may be waiting in a held route rather than lost: its
+        route was held within the attempt's lost-time (its backlog drains after the hold
+        ends), or this table started too recently to have heard a hold notice."""
+        if now - self._started < 3 * HOLD_NOTICE_EVERY:
+            return True
+        pipeline = self._pipelines.get(pipeline_name)
+        if pipeline is None:
+            return False
+        try:
+            task = pipeline.task(task_name)
+        except KeyError:
+            return False
+        notice = self._held.get(task.route)
+        return notice is not None and now - notice[0] < self._lost_after(task.timeout)
+
     def _sweep(self, partition: int, table: Partition, changes: Changes) -> None:
         """Expire the partition's old markers (from memory once committed), give up on
         attempts whose result is overdue (lost request, dead worker), arm the next sweep."""
@@ -383,6 +414,8 @@ class RunTable:
         for run in [run for run in table.runs.values() if run.status == "running"]:
             for name, task in list(run.tasks.items()):
                 if task.status == "dispatched" and task.deadline and task.deadline <= now:
+                    if self._waiting(run.pipeline, name, now):
+                        continue
                     lost = self._lost(run.run_id, name, task.attempt, now)
                     self._apply_run(lost, partition, table, changes)
         next_at = now + (SWEEP_AGAIN if more else self.sweep_every())

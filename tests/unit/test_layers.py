@@ -6,6 +6,7 @@ source (every ``import``, also inside functions and ``TYPE_CHECKING`` blocks).
   processing loops (router, control, worker, supervise) < engine < cli.
 - Within ``runner``, only the engine and the CLI import ``bridges``.
 - ``bridges`` import only ``runner``'s base layer and ``log``.
+- ``runner/_top`` is the ``headwater`` package (task authors' names), above them all.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def _package_sources() -> dict[str, str]:
     for package, folder in FOLDERS.items():
         for path in folder.rglob("*.py"):
             parts = path.relative_to(folder).with_suffix("").parts
+            if parts[0] == "_top":  # installs as ``headwater`` itself, above every layer
+                continue
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             sources[".".join((package, *parts))] = path.read_text()

@@ -240,3 +240,27 @@ def test_a_redelivery_after_its_window_closed_joins_no_later_window() -> None:
     assert isinstance(late_run, RunRequested)
     assert [e["id"] for e in late_run.event["data"]["events"]] == ["e3", "e1"]
     assert changelog.closed_record(None, run.run_id) == (f"closed:{run.run_id}".encode(), None)
+
+
+def test_an_attempt_overdue_on_a_held_route_waits_and_is_lost_only_after_the_hold() -> None:
+    from headwater.runner.log.records import RouteHeld
+
+    now = [NOW]
+    t = RunTable({"p": PIPELINE}, 3600.0, clock=lambda: now[0], rand=lambda: 0.5, task_timeout=10.0)
+    list(t.restore(0, Partition()))
+    t.apply(0, RunRequested("r1", "p", {"id": "e1"}), Changes())
+    lost_after = 2 * 10.0 + 10.0
+    now[0] += lost_after + 1  # overdue; the gpu route's breaker has been open all along
+    t.apply(0, RouteHeld("gpu", "circuit breaker of route gpu is open: HTTP 503"), Changes())
+    assert t.held("gpu") is not None and t.held("default") is None
+    held = Changes()
+    t.apply(0, MarkersDue(0), held)
+    assert held.outputs == [] and not held.runs, "a held attempt was taken for lost"
+    now[0] += lost_after + 1  # no notice since: the hold ended and its backlog had its time
+    assert t.held("gpu") is None
+    lost = Changes()
+    t.apply(0, MarkersDue(0), lost)
+    [(_, run)] = lost.runs.values()
+    assert run.tasks["a"].status == "retry_wait" and "no result came in time" in (
+        run.tasks["a"].error or ""
+    )
