@@ -5,8 +5,9 @@ A task receives a ``TaskContext`` (the trigger event, its upstream tasks' output
 exception, a non-zero exit, a timeout, an output that is not JSON) becomes ``TaskFailed``
 with a message naming it; nothing else escapes ``execute``. A failure is ``retriable``
 (counts against the route's circuit breaker) when the task raised ``Retriable``, a lost or
-refused connection, a timeout or an HTTP 5xx/429 error (``errors.retriable``), timed out,
-or a command exited with status 75 (EX_TEMPFAIL); a bug in the task's code is not.
+refused connection, a client's timeout or an HTTP 5xx/429 error (``errors.retriable``), or
+a command exited with status 75 (EX_TEMPFAIL); a bug in the task's code, or the task
+running past its own ``timeout``, is not.
 
 - ``python: module:function``: sync functions run in a worker thread, async ones on the
   loop; both are bounded by the task's ``timeout`` (a timed-out thread cannot be killed,
@@ -107,7 +108,9 @@ async def execute(
         else:
             output = await _run_command(task, context, timeout)
     except TimeoutError:
-        raise TaskFailed(f"timed out after {timeout:g}s", retriable=True) from None
+        # The task's own timeout says nothing about a service (a hung task is its code's
+        # problem); a client's timeout raised inside the task does count (``retriable``).
+        raise TaskFailed(f"timed out after {timeout:g}s") from None
     except TaskFailed:
         raise
     except Exception as exc:

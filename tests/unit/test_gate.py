@@ -151,7 +151,7 @@ CONTEXT = TaskContext(run_id="r", pipeline="p", task="t", attempt=1, event={})
         (Task("t", "python", f"{__name__}:raises_value_error"), False),
         (Task("t", "command", ("sh", "-c", "exit 75")), True),  # EX_TEMPFAIL
         (Task("t", "command", ("sh", "-c", "exit 1")), False),
-        (Task("t", "command", ("sleep", "5"), timeout=0.2), True),
+        (Task("t", "command", ("sleep", "5"), timeout=0.2), False),  # its own timeout
     ],
 )
 def test_the_executor_says_which_failures_are_retriable(task: Task, expected: bool) -> None:
