@@ -58,22 +58,20 @@ class Gate:
     def admit(self, pipeline: str, task: str, spec: BreakerSpec | None) -> bool:
         """Whether one request of ``pipeline``'s ``task`` may run now (a half-open
         breaker's probe counts as admitted)."""
-        watched = self._watched(pipeline, task, spec)
-        if watched is None:
-            return True
-        allowed = watched.breaker.allow()
-        self._note(self._scope(pipeline, task, spec), watched)
-        return allowed
+        return self._ask(pipeline, task, spec, take=True)
 
     def ready(self, pipeline: str, task: str, spec: BreakerSpec | None) -> bool:
         """Whether ``admit`` would admit the request now (takes no probe): a request waits
         for this before it waits for a slot, and is admitted only once it has one."""
+        return self._ask(pipeline, task, spec, take=False)
+
+    def _ask(self, pipeline: str, task: str, spec: BreakerSpec | None, take: bool) -> bool:
         watched = self._watched(pipeline, task, spec)
         if watched is None:
             return True
-        ready = watched.breaker.ready()
+        answer = watched.breaker.allow() if take else watched.breaker.ready()
         self._note(self._scope(pipeline, task, spec), watched)
-        return ready
+        return answer
 
     def wait_hint(self, pipeline: str, task: str, spec: BreakerSpec | None) -> float:
         """Seconds until a refused request may be admitted (its breaker half-opens);
