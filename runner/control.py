@@ -47,6 +47,7 @@ from headwater.runner.observe import hooks
 from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.runs import changelog
 from headwater.runner.runs.completion import completion_event
+from headwater.runner.runs.flow import control_key
 from headwater.runner.runs.standby import Standby
 from headwater.runner.runs.store import open_store
 from headwater.runner.runs.table import Changes, Completed, Dispatched, Partition, RunTable
@@ -68,6 +69,7 @@ class ControlProcessor:
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
+        self._pipelines = pipelines
         self._observer = observer
         self._table = RunTable(
             pipelines, settings.dedup_retention, clock, rand, settings.task_timeout
@@ -187,8 +189,14 @@ class ControlProcessor:
                     await writer.add(
                         topics.completions, value, key=run.pipeline.encode(), headers=headers
                     )
-                case RunRequested(run_id=run_id):
-                    await writer.add(topics.control, encode_control(output), key=run_id.encode())
+                case RunRequested(run_id=run_id, pipeline=name, event=event):
+                    pipeline = self._pipelines.get(name)  # a window's run: its group's key
+                    key = (
+                        run_id.encode()
+                        if pipeline is None
+                        else control_key(pipeline, event, run_id)
+                    )
+                    await writer.add(topics.control, encode_control(output), key=key)
         return records
 
     def _after_commit(

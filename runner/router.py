@@ -36,6 +36,7 @@ from headwater.runner.log.records import (
 )
 from headwater.runner.model.matching import Match, TriggerIndex
 from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.runs.flow import control_key
 from headwater.runner.runs.machine import run_id_for
 from headwater.runner.runs.windows import MAX_BYTES, key_value, window_key
 from headwater.runner.settings import Settings
@@ -127,8 +128,11 @@ class EventRouter:
 
     def _run_request(self, pipeline: Pipeline, event: CloudEvent) -> _Write:
         run_id = run_id_for(pipeline.name, event.id, event.source)
-        value = encode_control(RunRequested(run_id, pipeline.name, event.to_dict()))
-        return self._topics.control, value, run_id.encode(), None
+        data = event.to_dict()
+        value = encode_control(RunRequested(run_id, pipeline.name, data))
+        if pipeline.flow_key is False:
+            return self._topics.control, value, run_id.encode(), None
+        return self._topics.control, value, control_key(pipeline, data, run_id), None
 
 
 _Write = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]

@@ -303,7 +303,9 @@ class Worker:
             started_at=started,
             finished_at=time.time(),
         )
-        return self._topics.control, encode_control(result), context.run_id.encode()
+        key = request.get("key")  # its run's control messages' key, when not its id
+        key = key if isinstance(key, str) else context.run_id
+        return self._topics.control, encode_control(result), key.encode()
 
     def _pause_while_open(self, consumer: Any) -> None:
         """While the route's breaker is open its requests wait in Kafka: its partitions

@@ -90,14 +90,31 @@ class RouteHeld:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class RunDue:
+    """The pipeline's ``timeout`` of a run has passed (a timer of its partition): a run
+    still going, waiting or not, fails."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDue:
+    """A group of runs waiting for ``throttle`` may start one now (a timer of its
+    partition; ``key`` is the group's key value)."""
+
+    pipeline: str
+    key: str | None
+
+
 #: Seconds between a holding worker's ``RouteHeld`` notices.
 HOLD_NOTICE_EVERY = 5.0
 
-Control = ControlMessage | EventsBatched | WindowDue | MarkersDue | RouteHeld
+Control = ControlMessage | EventsBatched | WindowDue | MarkersDue | RouteHeld | RunDue | FlowDue
 #: How much of a dead-lettered payload its DLQ entry keeps.
 DLQ_PAYLOAD_BYTES = 256 * 1024
 #: The control messages a timer of the control processor writes.
-Due = RetryDue | WindowDue | MarkersDue
+Due = RetryDue | WindowDue | MarkersDue | RunDue | FlowDue
 _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
@@ -106,6 +123,8 @@ _KINDS: dict[str, type[Control]] = {
     "events.batched": EventsBatched,
     "window.due": WindowDue,
     "markers.due": MarkersDue,
+    "run.due": RunDue,
+    "flow.due": FlowDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
@@ -147,6 +166,8 @@ def concerns(message: Control) -> dict[str, str]:
         return {}
     if isinstance(message, RouteHeld):
         return {"route": message.route}
+    if isinstance(message, FlowDue):
+        return {"pipeline": message.pipeline}
     return {"run_id": message.run_id}
 
 
@@ -197,17 +218,21 @@ def encode_task_request(
     attempt: int,
     event: dict[str, Any],
     upstream: dict[str, Any],
+    key: str | None = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "run_id": run_id,
-            "pipeline": pipeline,
-            "task": task,
-            "attempt": attempt,
-            "event": event,
-            "upstream": upstream,
-        }
-    )
+    """A task request; ``key``: the Kafka key of its result, when not the run id (the
+    run's control messages are keyed by its group: ``runs.flow``)."""
+    request = {
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "task": task,
+        "attempt": attempt,
+        "event": event,
+        "upstream": upstream,
+    }
+    if key is not None:
+        request["key"] = key
+    return orjson.dumps(request)
 
 
 def decode_task_request(value: bytes | None) -> dict[str, Any]:

@@ -19,9 +19,11 @@ from headwater.runner.flow.breaker import BreakerSpec
 from headwater.runner.model.pipeline import (
     Batching,
     Comparison,
+    Concurrency,
     Condition,
     Pipeline,
     Task,
+    Throttle,
     Trigger,
 )
 
@@ -52,13 +54,26 @@ def _topological(tasks: dict[str, Task]) -> tuple[Task, ...]:
 
 def build(data: dict[str, Any], file: str) -> Pipeline:
     """The model of a file that passed every check."""
-    tasks = {name: _task(name, spec) for name, spec in data["tasks"].items()}
+    services = tuple(data.get("needs_services", ()))
+    tasks = {name: _task(name, spec, services) for name, spec in data["tasks"].items()}
+    concurrency = data.get("concurrency")
+    throttle = data.get("throttle")
+    timeout = data.get("timeout")
     return Pipeline(
         name=data["name"],
         triggers=_identified([_trigger(spec) for spec in data["triggers"]]),
         tasks=_topological(tasks),
         file=file,
         description=data.get("description", ""),
+        concurrency=None
+        if concurrency is None
+        else Concurrency(int(concurrency["limit"]), concurrency.get("key")),
+        throttle=None
+        if throttle is None
+        else Throttle(
+            int(throttle["limit"]), parse_duration(throttle["period"]), throttle.get("key")
+        ),
+        timeout=None if timeout is None else parse_duration(timeout),
     )
 
 
@@ -108,7 +123,7 @@ def _batching(spec: dict[str, Any]) -> Batching:
     )
 
 
-def _task(name: str, spec: dict[str, Any]) -> Task:
+def _task(name: str, spec: dict[str, Any], services: tuple[str, ...]) -> Task:
     given = spec.get("backoff", {})
     backoff = {
         "initial": parse_duration(given.get("initial", _DEFAULT_BACKOFF.initial)),
@@ -127,6 +142,7 @@ def _task(name: str, spec: dict[str, Any]) -> Task:
         route=spec.get("route", "default"),
         params=spec.get("with", {}),
         breaker=breaker(spec["breaker"]) if "breaker" in spec else None,
+        needs_services=tuple(dict.fromkeys((*services, *spec.get("needs_services", ())))),
     )
 
 

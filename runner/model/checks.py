@@ -88,6 +88,23 @@ def _breaker_problems(task: str, breaker: dict[str, Any]) -> Iterator[tuple[DocP
         )
 
 
+def pipeline_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    """The pipeline's own ``timeout`` and ``throttle.period``: durations above 0."""
+    throttle = data.get("throttle")
+    places: list[tuple[DocPath, Any]] = [(("timeout",), data.get("timeout"))]
+    if isinstance(throttle, dict):
+        places.append((("throttle", "period"), throttle.get("period")))
+    for where, value in places:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                yield where, str(exc)
+                continue
+            if seconds <= 0:
+                yield where, "must be longer than 0"
+
+
 def trigger_id_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:
     """Two triggers of one pipeline may not share an ``id``."""
     first: dict[str, int] = {}

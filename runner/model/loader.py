@@ -151,6 +151,8 @@ def _load_file(path: Path, shown: str) -> _Loaded:
 def _problems(root: Any, data: Any) -> list[_Problem]:
     """The schema's problems, then those a schema cannot see; each at its line."""
     found = [(p.path, p.message) for p in schema_problems(_schema(), data)]
+    if isinstance(data, dict):
+        found += checks.pipeline_problems(data)
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(tasks, dict):
         found += checks.needs_problems(tasks)

@@ -61,6 +61,25 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class Concurrency:
+    """At most ``limit`` running runs of the pipeline per value of ``key`` (an event
+    field, as a batching key; ``None``: per pipeline). The excess waits, in order."""
+
+    limit: int
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """At most ``limit`` runs of the pipeline start in any ``period`` seconds, per value
+    of ``key``. The excess waits, in order."""
+
+    limit: int
+    period: float
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """One node of the DAG: a Python callable (``module:function``) or a command."""
 
@@ -75,6 +94,8 @@ class Task:
     params: dict[str, Any] = field(default_factory=dict)
     #: a breaker of its own (``breaker:``) instead of its route's
     breaker: BreakerSpec | None = None
+    #: services it needs (``needs_services:``, its pipeline's included): held while one is down
+    needs_services: tuple[str, ...] = ()
 
     @property
     def max_attempts(self) -> int:
@@ -90,6 +111,19 @@ class Pipeline:
     tasks: tuple[Task, ...]
     file: str = "<memory>"
     description: str = ""
+    concurrency: Concurrency | None = None
+    throttle: Throttle | None = None
+    #: seconds from a run's trigger to its end, waiting included; then it fails
+    timeout: float | None = None
+
+    @property
+    def flow_key(self) -> str | Literal[False] | None:
+        """The event field its runs are grouped by for ``concurrency`` and ``throttle``
+        (``None``: one group, the pipeline), or ``False`` when it has neither."""
+        if self.concurrency is None and self.throttle is None:
+            return False
+        keys = {spec.key for spec in (self.concurrency, self.throttle) if spec is not None}
+        return keys.pop() if len(keys) == 1 else None
 
     def batch_of(self, trigger: str | int) -> Batching | None:
         """The batching of the trigger with id ``trigger`` (or, in records written before

@@ -107,6 +107,8 @@ class Run:
     status: RunStatus = "running"
     finished_at: float | None = None
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    #: its place in its group's queue while it waits for ``concurrency``/``throttle``
+    queued: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Field by field: ``asdict`` would deep-copy the event and outputs on every change.
@@ -140,14 +142,8 @@ def step(
             return Transition(run, [fail(run, f"pipeline {run.pipeline!r} {changed}", now)])
     match message:
         case RunRequested() if run is None:
-            run = Run(
-                run_id=message.run_id,
-                pipeline=message.pipeline,
-                event=message.event,
-                created_at=now,
-                tasks={task.name: TaskRecord() for task in pipeline.tasks},
-            )
-            return Transition(run, _advance(run, pipeline, now))
+            run = new_run(message, pipeline, now)
+            return Transition(run, begin(run, pipeline, now))
         case TaskFinished() if run is not None and run.status == "running":
             return _task_finished(run, message, pipeline, now, rand)
         case RetryDue() if run is not None and run.status == "running":
@@ -180,6 +176,22 @@ def _task_finished(
         return Transition(run, [ScheduleRetry(message.task, record.attempt, at)])
     record.status = "failed"
     return Transition(run, _advance(run, pipeline, now))
+
+
+def new_run(message: RunRequested, pipeline: Pipeline, now: float) -> Run:
+    """A requested run, none of its tasks started yet (``begin`` starts it)."""
+    return Run(
+        run_id=message.run_id,
+        pipeline=message.pipeline,
+        event=message.event,
+        created_at=now,
+        tasks={task.name: TaskRecord() for task in pipeline.tasks},
+    )
+
+
+def begin(run: Run, pipeline: Pipeline, now: float) -> list[Effect]:
+    """Start ``run``: dispatch the tasks that need nothing."""
+    return _advance(run, pipeline, now)
 
 
 def drift(run: Run, pipeline: Pipeline) -> str | None:

@@ -27,6 +27,7 @@ Keys (one byte of kind, then):
 - ``m<run id>``: a finished run's marker (JSON ``[pipeline, status, created, finished]``);
 - ``k<run id>``: a closed window (its ``Closed`` JSON), ``b<JSON [window, source, id]>``:
   the run id of the closed window that holds that event;
+- ``f<JSON [pipeline, key]>``: a throttle key's recent start times (``runs.flow``);
 - ``x<ms since epoch, 8 bytes big-endian><m|k><run id>``: the expiry index.
 """
 
@@ -61,6 +62,7 @@ CACHE_BYTES = 48 * 1024 * 1024
 MEMTABLE_BYTES = 24 * 1024 * 1024
 WINDOW_PREFIX = "window:"
 CLOSED_PREFIX = "closed:"
+FLOW_PREFIX = "flow:"  # + JSON [pipeline, key]: a throttle key's recent starts
 _MS = struct.Struct(">Q")
 
 
@@ -276,6 +278,11 @@ class Store:
         for _, value in self._kv.scan(b"r", b"s"):
             yield Run.from_json(orjson.loads(value))
 
+    def starts(self) -> Iterator[tuple[tuple[str, str | None], list[float]]]:
+        """Each throttle key's recent start times."""
+        for key, value in self._kv.scan(b"f", b"g"):
+            yield _read_starts(key[1:], value)
+
     def windows(self) -> Iterator[tuple[str, Window]]:
         for key, value in self._kv.scan(b"w", b"x"):
             yield key[1:].decode(), Window.from_json(orjson.loads(value))
@@ -347,6 +354,12 @@ class Batch:
                 Window.from_json(orjson.loads(value))  # it must read back
             out[window_key] = value
             return out
+        if name.startswith(FLOW_PREFIX):
+            group = name[len(FLOW_PREFIX) :].encode()
+            if value is not None:
+                _read_starts(group, value)  # it must read back
+            out[b"f" + group] = value
+            return out
         if name.startswith(CLOSED_PREFIX):
             run_id = name[len(CLOSED_PREFIX) :].encode()
             if value is None:  # (a closed window's record is never rewritten otherwise)
@@ -407,6 +420,16 @@ class Batch:
         if offset is not None:
             self._store.checkpoint = offset
         self._changes = {}
+
+
+def _read_starts(group: bytes, value: bytes) -> tuple[tuple[str, str | None], list[float]]:
+    pipeline, key = orjson.loads(group)
+    starts = orjson.loads(value)["starts"]
+    if not isinstance(pipeline, str) or not (key is None or isinstance(key, str)):
+        raise ValueError("its key is not [pipeline, key]")
+    if not isinstance(starts, list) or not all(isinstance(t, int | float) for t in starts):
+        raise ValueError("its starts are not a list of times")
+    return (pipeline, key), [float(t) for t in starts]
 
 
 def _check_marker(pipeline: Any, status: Any, created_at: Any, finished_at: Any) -> None:

@@ -28,9 +28,11 @@ from headwater.runner.log.records import (
     Control,
     Due,
     EventsBatched,
+    FlowDue,
     MarkersDue,
     RetryDue,
     RouteHeld,
+    RunDue,
     RunRequested,
     TaskFinished,
     WindowDue,
@@ -38,14 +40,18 @@ from headwater.runner.log.records import (
 )
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.runs import changelog, windows
+from headwater.runner.runs.flow import Flows, Group, control_key, group_of, starts_record
 from headwater.runner.runs.machine import (
     Dispatch,
+    Effect,
     Finish,
     Run,
     ScheduleRetry,
     TaskRecord,
+    begin,
     drift,
     fail,
+    new_run,
     step,
 )
 from headwater.runner.runs.store import MemoryKV, Store
@@ -75,6 +81,8 @@ class Partition:
     windows: dict[str, Window] = field(default_factory=dict)
     closed: dict[str, Closed] = field(default_factory=dict)
     batched: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: concurrency slots, throttle starts and waiting runs (``runs.flow``)
+    flows: Flows = field(default_factory=Flows)
 
     @classmethod
     def load(cls, store: Store) -> Partition:
@@ -150,6 +158,8 @@ class Changes:
     expired_closed: list[tuple[int, str]] = field(default_factory=list)  # by run id
     timers: list[tuple[int, Due, float]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    #: throttle keys' recent starts (``None``: none left), by group
+    starts: dict[Group, tuple[int, list[float] | None]] = field(default_factory=dict)
 
     def changelog(self) -> dict[int, list[Record]]:
         """The changelog records of what changed, per partition, in the order they are
@@ -170,6 +180,8 @@ class Changes:
         for partition, closed_id in self.expired_closed:
             tombstone, _ = changelog.closed_record(None, closed_id)
             out.setdefault(partition, []).append((tombstone, None, None))
+        for group, (partition, starts) in self.starts.items():
+            out.setdefault(partition, []).append((*starts_record(group, starts), None))
         return out
 
 
@@ -213,6 +225,14 @@ class RunTable:
         the timers to arm again."""
         self.forget(partition)
         self._partitions[partition] = restored
+        starts = restored.store.starts()
+        restored.flows = Flows.load(restored.runs.values(), starts, self._pipelines)
+        for group in list(restored.flows.queues):  # limits may have changed: look again now
+            yield FlowDue(*group), self._clock()
+        for run in restored.runs.values():
+            pipeline = self._pipelines.get(run.pipeline)
+            if run.status == "running" and pipeline is not None and pipeline.timeout:
+                yield RunDue(run.run_id), run.created_at + pipeline.timeout
         for run in restored.runs.values():
             pipeline = self._pipelines.get(run.pipeline)
             if run.status == "running" and (pipeline is None or drift(run, pipeline)):
@@ -252,13 +272,27 @@ class RunTable:
         table = self._partitions[partition]
         if isinstance(message, MarkersDue):
             self._sweep(partition, table, changes)
+            periods = {p.name: p.throttle.period for p in self._pipelines.values() if p.throttle}
+            table.flows.expire(self._clock(), periods)
+            for group, starts in table.flows.changed_starts().items():
+                changes.starts[group] = (partition, starts)
             return None
         if isinstance(message, RouteHeld):
             self._held[message.route] = (self._clock(), message.reason)
             return None
         if isinstance(message, EventsBatched | WindowDue):
             return self._apply_window(message, partition, table, changes)
-        return self._apply_run(message, partition, table, changes)
+        if isinstance(message, FlowDue):
+            self._release((message.pipeline, message.key), partition, table, changes)
+        elif isinstance(message, RunDue):
+            self._time_out(message.run_id, partition, table, changes)
+        else:
+            problem = self._apply_run(message, partition, table, changes)
+            if problem is not None:
+                return problem
+        for group, starts in table.flows.changed_starts().items():
+            changes.starts[group] = (partition, starts)
+        return None
 
     def committed(
         self,
@@ -343,41 +377,141 @@ class RunTable:
             if run.status != "running":
                 return None  # a late message for a finished run of a removed pipeline
             fail(run, f"pipeline {run.pipeline!r} is no longer loaded", self._clock())
-            changes.runs[run.run_id] = (partition, run)
-            changes.outputs.append(Completed(run))
-            changes.notes.append(Note("finished", run))
+            self._finished(run, None, partition, table, changes)
             return None
-        transition = step(run, message, pipeline, self._clock(), self._rand())
+        now = self._clock()
+        if isinstance(message, RunRequested) and run is None:
+            created = new_run(message, pipeline, now)
+            table.runs[created.run_id] = created
+            changes.runs[created.run_id] = (partition, created)
+            if pipeline.timeout:
+                changes.timers.append((partition, RunDue(created.run_id), now + pipeline.timeout))
+            group = group_of(pipeline, created.event)
+            if group is None:
+                self._begin(created, pipeline, partition, table, changes)
+            else:  # behind the runs of its group already waiting, if any
+                table.flows.enqueue(created, group)
+                self._release(group, partition, table, changes)
+            return None
+        transition = step(run, message, pipeline, now, self._rand())
         new = transition.run
         if not transition.applied or new is None:
             return None
         table.runs[new.run_id] = new
         changes.runs[new.run_id] = (partition, new)
-        if run is None:
-            changes.notes.append(Note("started", new))
         if isinstance(message, TaskFinished) and message.task in new.tasks:
             changes.notes.append(Note("task", new, message.task, new.tasks[message.task]))
-        for effect in transition.effects:
+        self._effects(new, pipeline, transition.effects, partition, table, changes)
+        return None
+
+    def _begin(
+        self, run: Run, pipeline: Pipeline, partition: int, table: Partition, changes: Changes
+    ) -> None:
+        changes.notes.append(Note("started", run))
+        self._effects(run, pipeline, begin(run, pipeline, self._clock()), partition, table, changes)
+
+    def _effects(
+        self,
+        run: Run,
+        pipeline: Pipeline,
+        effects: list[Effect],
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> None:
+        for effect in effects:
             match effect:
                 case Dispatch(task=task_name, attempt=attempt):
+                    key = None  # the result's Kafka key: its run id, or its group's
+                    if pipeline.flow_key is not False:
+                        key = control_key(pipeline, run.event, run.run_id).decode()
                     value = encode_task_request(
-                        new.run_id,
-                        new.pipeline,
+                        run.run_id,
+                        run.pipeline,
                         task_name,
                         attempt,
-                        new.event,
-                        new.upstream_outputs(pipeline, task_name),
+                        run.event,
+                        run.upstream_outputs(pipeline, task_name),
+                        key,
                     )
                     task = pipeline.task(task_name)
-                    changes.outputs.append(Dispatched(task.route, new.run_id, value))
+                    changes.outputs.append(Dispatched(task.route, run.run_id, value))
                     lost_after = self._lost_after(task.timeout)
-                    new.tasks[task_name].deadline = self._clock() + lost_after
+                    run.tasks[task_name].deadline = self._clock() + lost_after
                 case ScheduleRetry(task=task_name, attempt=attempt, at=at):
-                    changes.timers.append((partition, RetryDue(new.run_id, task_name, attempt), at))
+                    changes.timers.append((partition, RetryDue(run.run_id, task_name, attempt), at))
                 case Finish():
-                    changes.outputs.append(Completed(new))
-                    changes.notes.append(Note("finished", new))
-        return None
+                    self._finished(run, pipeline, partition, table, changes)
+
+    def _finished(
+        self,
+        run: Run,
+        pipeline: Pipeline | None,
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> None:
+        """``run`` ended: publish its completion, free its slot for its group's next run."""
+        changes.runs[run.run_id] = (partition, run)
+        changes.outputs.append(Completed(run))
+        changes.notes.append(Note("finished", run))
+        table.flows.release(run.run_id)
+        group = group_of(pipeline, run.event) if pipeline is not None else None
+        if group is not None and table.flows.waiting(group):
+            self._release(group, partition, table, changes)
+
+    def _release(self, group: Group, partition: int, table: Partition, changes: Changes) -> None:
+        """Start the waiting runs of ``group`` that its limits let start now, in order; arm
+        a timer for when the throttle lets the next one start."""
+        flows, now = table.flows, self._clock()
+        pipeline = self._pipelines.get(group[0])
+        while (run_id := flows.head(group)) is not None:
+            run = table.runs.get(run_id)
+            if run is None or run.status != "running" or run.queued is None:
+                flows.pop(group)  # it ended while waiting (its timeout)
+                continue
+            if pipeline is None:  # removed while its runs waited
+                flows.pop(group)
+                fail(run, f"pipeline {run.pipeline!r} is no longer loaded", now)
+                self._finished(run, None, partition, table, changes)
+                continue
+            changed = drift(run, pipeline)
+            if changed is not None:  # edited beyond what it can run on while it waited
+                flows.pop(group)
+                fail(run, f"pipeline {run.pipeline!r} {changed}", now)
+                self._finished(run, pipeline, partition, table, changes)
+                continue
+            wait = flows.admits(run, pipeline, now)
+            if wait is not None:
+                armed = flows.armed.get(group)
+                if wait != float("inf") and (armed is None or armed > wait or armed < now):
+                    flows.armed[group] = wait  # one timer per group, not one per waiting run
+                    changes.timers.append((partition, FlowDue(*group), wait))
+                return
+            flows.pop(group)
+            flows.start(run, pipeline, now)
+            changes.runs[run.run_id] = (partition, run)
+            self._begin(run, pipeline, partition, table, changes)
+
+    def _time_out(self, run_id: str, partition: int, table: Partition, changes: Changes) -> None:
+        """The pipeline's ``timeout`` of ``run_id`` passed: it fails, waiting or not."""
+        run = table.runs.get(run_id)
+        if run is None or run.status != "running":
+            return
+        pipeline = self._pipelines.get(run.pipeline)
+        if pipeline is None or not pipeline.timeout:
+            return  # its timeout was removed (a restore arms none for it)
+        now = self._clock()
+        if now < run.created_at + pipeline.timeout:  # lengthened since it was armed
+            changes.timers.append((partition, RunDue(run_id), run.created_at + pipeline.timeout))
+            return
+        waited = (
+            " while waiting for its concurrency/throttle turn" if run.queued is not None else ""
+        )
+        fail(
+            run, f"run timed out after {pipeline.timeout:g}s (the pipeline's timeout){waited}", now
+        )
+        self._finished(run, pipeline, partition, table, changes)
 
     def held(self, route: str) -> str | None:
         """Why ``route``'s workers hold its tasks, if they said so within a notice's time."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from headwater.runner.flow.backoff import Backoff
-from headwater.runner.log.records import Due, MarkersDue, WindowDue, encode_control
+from headwater.runner.log.records import Due, MarkersDue, encode_control
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,10 @@ class Timers:
             self._sweeps[partition] = handle
 
     async def _publish(self, partition: int, due: Due) -> None:
-        """The message goes to the partition it is for: a run's or window's by its key."""
+        """The message goes to the partition it was armed for: that of its run, window or
+        group (also when the run's key is its group's, not its id: ``runs.flow``)."""
         value = encode_control(due)
-        if isinstance(due, MarkersDue):  # for the partition itself, not for a key
-            await self._producer.send_and_wait(self._control, value, partition=partition)
-        else:
-            key = due.window if isinstance(due, WindowDue) else due.run_id
-            await self._producer.send_and_wait(self._control, value, key=key.encode())
+        await self._producer.send_and_wait(self._control, value, partition=partition)
 
     def pending(self, partition: int) -> int:
         """How many timers of ``partition`` have not gone off yet."""

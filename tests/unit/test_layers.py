@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"headwater.runner": ROOT / "runner", "headwater.bridges": ROOT / "bridges"}
 
 BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow"})
-LOOPS = frozenset({"router", "control", "worker", "supervise", "tasks"})
+LOOPS = frozenset({"router", "control", "worker", "supervise", "tasks", "probes"})
 #: What each layer may import (its own layer included).
 ALLOWED: dict[str, frozenset[str]] = {
     "base": frozenset({"base"}),
