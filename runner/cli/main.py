@@ -1,4 +1,4 @@
-"""The ``headwater`` command line: ``dev``, ``validate``, ``publish``.
+"""The ``headwater`` command line: ``dev``, ``validate``, ``publish``, ``status``.
 
 ``dev`` runs bridges, router, control processor and an in-process worker in one process
 against the configured Kafka (``HEADWATER_KAFKA``, default the local one) and prints each
@@ -15,20 +15,24 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from headwater.bridges import sources
 from headwater.bridges.base import Source
 from headwater.runner.engine import serve
-from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
+from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
 from headwater.runner.executor import hung_threads
 from headwater.runner.log import kafka
+from headwater.runner.log.reader import lags, read_now, topic_partitions
 from headwater.runner.model.loader import load_pipelines, validate_paths
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import ConsoleProgress
+from headwater.runner.observe.status import Status
 from headwater.runner.settings import Settings
 
 
@@ -82,7 +86,42 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--id", default=None, help="event id (default: a new UUID)")
     publish.add_argument("--data", default=None, help="JSON data, or @FILE to read it from a file")
     publish.set_defaults(command=_publish)
+
+    status = commands.add_parser(
+        "status", help="breakers, services, paused consumers and lags, from hw.status"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.set_defaults(command=_status)
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        status = asyncio.run(_read_status(settings))
+    except KafkaError as exc:
+        print(f"headwater status: Kafka {settings.kafka.bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(status.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(status.render(datetime.now(UTC)))
+    return 0
+
+
+async def _read_status(settings: Settings) -> Status:
+    status = Status()
+    if await topic_partitions(settings, settings.topics.status):
+        events = []
+        async for records in read_now(settings, settings.topics.status):
+            for record in records:
+                try:
+                    events.append(from_kafka(record.headers, record.value).to_dict())
+                except Exception:  # noqa: BLE001 - not a status event: not shown
+                    continue
+        status.fold(events)
+    status.lags = await lags(settings)
+    return status
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -85,3 +85,39 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int]:
     if described.get("error_code"):  # unknown topic
         return []
     return sorted(p["partition"] for p in described.get("partitions", ()))
+
+
+async def lags(settings: Settings) -> dict[tuple[str, str], int]:
+    """Per consumer group of this instance's topics (their prefix) and topic, the records
+    not yet consumed: the end offsets less the group's committed offsets (a partition
+    the group never committed counts from its beginning)."""
+    prefix = settings.topics.prefix
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        groups = [g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix)]
+        committed = {group: await admin.list_consumer_group_offsets(group) for group in groups}
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    committed = {  # a deleted topic's offsets stay with its group: not a lag
+        group: {tp: meta for tp, meta in offsets.items() if tp.topic in existing}
+        for group, offsets in committed.items()
+    }
+    tps = {tp for offsets in committed.values() for tp in offsets}
+    if not tps:
+        return {}
+    reader = kafka.consumer(settings, group=None, isolation_level="read_committed")
+    await reader.start()
+    try:
+        ends = await reader.end_offsets(list(tps))
+        starts = await reader.beginning_offsets(list(tps))
+    finally:
+        await reader.stop()
+    out: dict[tuple[str, str], int] = {}
+    for group, offsets in committed.items():
+        for tp, meta in offsets.items():
+            at = meta.offset if meta.offset >= 0 else starts[tp]
+            key = (group, tp.topic)
+            out[key] = out.get(key, 0) + max(0, ends[tp] - at)
+    return out

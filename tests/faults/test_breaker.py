@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -77,6 +80,22 @@ class Service:
             self._runner = None
 
 
+def headwater_status(settings: Settings) -> str:
+    """What ``headwater status`` prints for this test's topics."""
+    env = {**os.environ, "HEADWATER_KAFKA": settings.kafka.bootstrap}
+    env["HEADWATER_TOPIC_PREFIX"] = settings.topics.prefix
+    done = subprocess.run(
+        [sys.executable, "-m", "headwater.runner.cli.main", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def status_types(records: list[Any]) -> list[str]:
     return [dict(r.headers)["ce_type"].decode() for r in records]
 
@@ -124,6 +143,12 @@ async def test_the_breaker_opens_holds_the_runs_and_a_probe_closes_it(
         )
         print(f"attempts while down: {attempts_down} (bound {bound}, {probes} probes)")
         assert probes >= 1 and "headwater.flow.paused" in during, during
+        shown = await asyncio.to_thread(headwater_status, settings)
+        breakers = shown.split("services:")[0]
+        assert "route default [" in breakers and "Connection refused" in breakers, shown
+        assert ": open since" in breakers or ": half-open since" in breakers, shown
+        prefix = settings.topics.prefix
+        assert f"{prefix}router on {prefix}events: 0" in shown, shown
         completions = by_trigger(await read_all(settings, settings.topics.completions))
         assert not [e for e in down if e in completions], f"runs finished while down: {completions}"
 
