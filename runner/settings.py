@@ -161,6 +161,10 @@ class Settings:
     breaker: BreakerSpec | None = field(default_factory=BreakerSpec)
     #: task requests one worker runs at a time (per route)
     worker_concurrency: int = WORKER_CONCURRENCY
+    #: seconds between probes of a healthy service a task needs (``needs_services:``)
+    health_interval: float = 10.0
+    #: seconds a probe may take before it counts as failed
+    health_timeout: float = 5.0
 
     @property
     def state_dir(self) -> Path:
@@ -199,6 +203,8 @@ class Settings:
             standby=standby in ("1", "true", "yes"),
             breaker=_breaker(env),
             worker_concurrency=int(concurrency),
+            health_interval=_positive_duration(env, "HEADWATER_HEALTH_INTERVAL", 10.0),
+            health_timeout=_positive_duration(env, "HEADWATER_HEALTH_TIMEOUT", 5.0),
         )
 
 

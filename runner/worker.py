@@ -17,6 +17,11 @@ Kafka) and holds the ones it fetched; nothing is executed, so no attempt is spen
 it holds, it tells every control partition so (``RouteHeld``), so the run table does not
 take the waiting attempts for lost. Every transition is a CloudEvent on ``hw.status`` and
 a log line.
+
+Health checks (``flow.health``, probes in ``probes.py``): the services the route's tasks
+need (``needs_services:``) are probed in the background; while one is unhealthy the
+requests of the tasks that need it are held the same way (others of the route go on), and
+they run by themselves once it is healthy again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,6 +40,7 @@ from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
 from headwater.runner.errors import BadMessage, TaskFailed
 from headwater.runner.executor import TaskContext, execute
 from headwater.runner.flow.gate import Change, Gate
+from headwater.runner.flow.health import Health, parse_service
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
     HOLD_NOTICE_EVERY,
@@ -45,12 +52,15 @@ from headwater.runner.log.records import (
     record_origin,
 )
 from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.probes import Prober
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
 FETCH_RECORDS = 500
 #: Fetching pauses while this many requests are running or waiting for a slot ...
 MAX_RUNNING = 2 * FETCH_RECORDS
+#: Seconds between looks at the services a held request needs.
+HEALTH_WAIT = 0.2
 #: ... or while this many fetched requests wait for their offsets' commit (a long task
 #: at the head of a partition holds back the commit of every request after it).
 MAX_UNCOMMITTED = 50_000
@@ -140,6 +150,14 @@ class Worker:
         self._concurrency = concurrency or settings.worker_concurrency
         self._gate = Gate(route, settings.breaker, time.monotonic)
         self._outcome = asyncio.Event()  # set (and replaced) on each outcome: wakes holders
+        self._health = Health(
+            time.monotonic, interval=settings.health_interval, timeout=settings.health_timeout
+        )
+        for pipeline in pipelines.values():
+            for task in pipeline.tasks:
+                if task.route == route:
+                    for service in task.needs_services:
+                        self._health.watch(parse_service(service))
 
     async def run(self, stopping: asyncio.Event) -> None:
         uncommitted = Uncommitted()
@@ -172,6 +190,8 @@ class Worker:
             room.set()
 
         producer = kafka.producer(self._settings)  # its own: a restart starts a fresh one
+        probing = asyncio.Event()
+        prober = asyncio.create_task(Prober(os.environ).run(self._health, probing))
         async with kafka.started(producer, consumer):
             reporter = asyncio.create_task(
                 self._report(producer, consumer, uncommitted, finished, room)
@@ -199,9 +219,10 @@ class Worker:
                 finished.put_nowait(None)
                 await reporter
             finally:
+                probing.set()
                 for task in [*running, reporter]:
                     task.cancel()
-                await asyncio.gather(*running, reporter, return_exceptions=True)
+                await asyncio.gather(*running, reporter, prober, return_exceptions=True)
 
     async def _report(
         self,
@@ -226,7 +247,7 @@ class Worker:
             for _, _, (topic, value, key) in done:
                 await writer.add(topic, value, key=key)
             await self._publish_changes(writer)
-            holding = self._gate.holding()
+            holding = self._gate.holding() or self._health.holding(self._health_names)
             if holding is not None and time.monotonic() - last_notice >= HOLD_NOTICE_EVERY:
                 last_notice = time.monotonic()
                 notice = encode_control(RouteHeld(self._route, holding))
@@ -266,6 +287,8 @@ class Worker:
         gate, breaker = self._gate, task.breaker
         retriable = False
         while True:  # held until its breaker admits it, then run in a slot: nothing spent
+            while self._health.holding(task.needs_services) is not None:  # noqa: ASYNC110
+                await asyncio.sleep(HEALTH_WAIT)  # until the services it needs are back
             while not gate.ready(pipeline.name, task.name, breaker):
                 wake = self._outcome
                 with contextlib.suppress(TimeoutError):
@@ -273,7 +296,9 @@ class Worker:
                     await asyncio.wait_for(wake.wait(), min(max(hint, 0.05), 5.0))
             async with slots:
                 # Admitted only with a slot in hand: requests waiting for a slot when the
-                # breaker opened are held, not run.
+                # breaker opened or a service went down are held, not run.
+                if self._health.holding(task.needs_services) is not None:
+                    continue
                 if not gate.admit(pipeline.name, task.name, breaker):
                     continue
                 started = time.time()
@@ -307,6 +332,10 @@ class Worker:
         key = key if isinstance(key, str) else context.run_id
         return self._topics.control, encode_control(result), key.encode()
 
+    @property
+    def _health_names(self) -> list[str]:
+        return [spec.name for spec in self._health.watched()]
+
     def _pause_while_open(self, consumer: Any) -> None:
         """While the route's breaker is open its requests wait in Kafka: its partitions
         are paused (again after a rebalance), resumed when it half-opens."""
@@ -318,7 +347,7 @@ class Worker:
     async def _publish_changes(self, writer: kafka.BatchWriter) -> None:
         """Each flow transition since the last call: a log line, a CloudEvent on
         ``hw.status`` (keyed by route, so one route's changes stay in order)."""
-        for change in self._gate.changes():
+        for change in [*self._gate.changes(), *self._health.changes()]:
             log.warning("%s: %s %s", change.scope, change.kind, change.data.get("reason") or "")
             event = status_event(change, self._settings.instance)
             headers, value = to_kafka(event)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from headwater.runner.durations import parse_duration
+from headwater.runner.flow.health import parse_service
 from headwater.runner.model.schema_errors import DocPath
 from headwater.runner.secrets import credential_problem
 
@@ -103,6 +104,25 @@ def pipeline_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
                 continue
             if seconds <= 0:
                 yield where, "must be longer than 0"
+
+
+def service_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    """Each ``needs_services`` entry (the pipeline's and each task's) must parse."""
+    places: list[tuple[DocPath, Any]] = [(("needs_services",), data.get("needs_services"))]
+    tasks = data.get("tasks")
+    if isinstance(tasks, dict):
+        places += [
+            (("tasks", name, "needs_services"), task.get("needs_services"))
+            for name, task in tasks.items()
+            if isinstance(task, dict)
+        ]
+    for at, services in places:
+        for index, text in enumerate(services if isinstance(services, list) else ()):
+            if isinstance(text, str):
+                try:
+                    parse_service(text)
+                except ValueError as exc:
+                    yield (*at, index), str(exc)
 
 
 def trigger_id_problems(triggers: list[Any]) -> Iterator[tuple[DocPath, str]]:

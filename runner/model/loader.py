@@ -153,6 +153,7 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     found = [(p.path, p.message) for p in schema_problems(_schema(), data)]
     if isinstance(data, dict):
         found += checks.pipeline_problems(data)
+        found += checks.service_problems(data)
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(tasks, dict):
         found += checks.needs_problems(tasks)
