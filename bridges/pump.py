@@ -6,8 +6,10 @@ write is nacked for redelivery, and the producer is renewed. A delivery that can
 mapped is written to the DLQ with the reason and then acked: bad input never stops the
 stream. So does a delivery whose event is too large for a Kafka record (its DLQ entry
 keeps the payload's head and its size, with the source message id); its batch-mates
-flow. Because the pump pulls only when the previous batch is settled, the source is the
-buffer (backpressure).
+flow. Because the pump pulls only when the previous batch is settled, and not at all while
+the events waiting for the router pass their bound (``valve``, kept by the process's
+``backpressure``), the source is the buffer. A source that cannot be reached is reported
+(``report``: ``service.unhealthy``, then ``service.healthy`` once it is back).
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from headwater.bridges.mapping import to_cloudevents
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, NotConnected, RecordTooLarge
 from headwater.runner.flow.backoff import RECONNECT, Backoff, Retry, pause
+from headwater.runner.flow.gate import REASON_CHARS, Change
+from headwater.runner.flow.pressure import EVENTS_NOT_ROUTED, Valve
 from headwater.runner.log import kafka
 from headwater.runner.log.records import dlq_record
 from headwater.runner.settings import Topics
 
 log = logging.getLogger(__name__)
+#: Seconds between looks at a closed valve (the router far behind: nothing is pulled).
+VALVE_WAIT = 0.2
 
 
 class Pump:
@@ -46,6 +52,8 @@ class Pump:
         batch_size: int = 100,
         write_timeout: float = 15.0,
         backoff: Backoff = RECONNECT,
+        valve: Valve | None = None,
+        report: Callable[[Change], None] | None = None,
     ) -> None:
         self._source = source
         self._new_producer = new_producer
@@ -55,6 +63,9 @@ class Pump:
         self._batch_size = batch_size
         self._write_timeout = write_timeout
         self._backoff = backoff
+        self._valve = valve
+        self._report = report
+        self._down = False  # the source's outage has been reported
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._reconnect(stopping, first=True)
@@ -65,10 +76,15 @@ class Pump:
                     if self._producer is None and not await self._start_producer():
                         await pause(stopping, retry.failed())
                         continue
+                    if self._valve is not None and not self._valve.is_open:
+                        await pause(stopping, VALVE_WAIT)  # the source stays the buffer
+                        continue
                     deliveries = await self._receive_unless(stopping)
                     if not deliveries:
                         continue
                     written, failed = await self._forward(deliveries)
+                    if self._valve is not None:  # counted before the next look does
+                        self._valve.add(EVENTS_NOT_ROUTED, len(written))
                     if written:
                         await self._source.ack(written)
                     if failed:
@@ -124,13 +140,26 @@ class Pump:
             try:
                 await self._source.connect()
                 log.info("%s: connected", self._source.name)
+                self._tell("service.healthy", "")
                 return
             except NotConnected as exc:
                 delay = retry.failed()
                 log.warning(
                     "%s: cannot connect (%s); retrying in %.1fs", self._source.name, exc, delay
                 )
+                self._tell("service.unhealthy", str(exc))
                 await pause(stopping, delay)
+
+    def _tell(self, kind: str, reason: str) -> None:
+        """Report the source going away (the first failed connect of an outage) and coming
+        back, as the services a task needs are reported (``hw.status``)."""
+        down = kind == "service.unhealthy"
+        if self._report is None or down == self._down:
+            return
+        self._down = down
+        name = self._source.name
+        data = {"service": name, "bridge": True, "reason": reason[:REASON_CHARS]}
+        self._report(Change(kind, f"source {name}", data))
 
     async def _forward(self, deliveries: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
         """Write every delivery's events; returns (written, failed) deliveries.

@@ -30,10 +30,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.log import kafka
+from headwater.runner.log.lag import runs_metadata
 from headwater.runner.log.records import (
     RunRequested,
     concerns,
@@ -152,7 +154,10 @@ class ControlProcessor:
             # Every write acknowledged before the transaction commits: a refused one
             # aborts it, with the offsets.
             writes = await writer.flush()
-            offsets = {tp: records[-1].offset + 1}
+            # The runs in progress ride with the offsets: the router's backpressure
+            # reads them beside the control lag (``log.lag``).
+            runs = runs_metadata(self._table.in_progress(tp.partition))
+            offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, runs)}
             group, within = self._topics.group("control"), self._settings.kafka.write_timeout
             await kafka.offsets_in_transaction(txn, writes, offsets, group, within)
         # The changelog offset after this transaction's records (its commit marker comes

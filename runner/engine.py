@@ -1,7 +1,8 @@
 """One headwater process: the components it runs and how they start and stop.
 
 ``serve`` creates the log's topics and runs every component (event router, control
-processor, one worker per route, one pump per source, each with Kafka clients of its own)
+processor, one worker per route, one pump per source, the backpressure monitor that the
+router and the pumps look at, each with Kafka clients of its own)
 under a supervisor that restarts it with backoff after a failure. It returns once
 ``stopping`` is set and every component has finished its current batch.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 
 from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
+from headwater.runner.backpressure import Backpressure
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
 from headwater.runner.log import kafka
@@ -41,8 +43,10 @@ async def serve(
     if stopping.is_set():
         return
     by_name = {pipeline.name: pipeline for pipeline in pipelines}
+    pressure = Backpressure(settings, routes, router=True, bridges=bool(sources))
     components: dict[str, Component] = {
-        "router": EventRouter(settings, pipelines).run,
+        "backpressure": pressure.run,
+        "router": EventRouter(settings, pipelines, pressure.router).run,
         "control": ControlProcessor(settings, by_name, observer).run,
     }
     for route in sorted(routes):
@@ -53,6 +57,8 @@ async def serve(
             functools.partial(kafka.producer, settings),
             settings.topics,
             write_timeout=settings.kafka.write_timeout,
+            valve=pressure.bridges,
+            report=functools.partial(pressure.report, "bridge"),
         ).run
     tasks = [
         asyncio.create_task(supervise(name, run, stopping), name=name)

@@ -26,6 +26,7 @@ from aiokafka import TopicPartition
 
 from headwater.runner.envelope import CloudEvent, from_kafka
 from headwater.runner.errors import BadMessage, RecordTooLarge
+from headwater.runner.flow.pressure import PENDING_RUNS, Valve
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
     EventsBatched,
@@ -45,10 +46,13 @@ FETCH_RECORDS = 5000
 
 
 class EventRouter:
-    def __init__(self, settings: Settings, pipelines: Iterable[Pipeline]) -> None:
+    def __init__(
+        self, settings: Settings, pipelines: Iterable[Pipeline], valve: Valve | None = None
+    ) -> None:
         self._settings = settings
         self._topics = settings.topics
         self._index = TriggerIndex(pipelines)
+        self._valve = valve
 
     async def run(self, stopping: asyncio.Event) -> None:
         topics = self._topics
@@ -60,9 +64,18 @@ class EventRouter:
         async with kafka.started(txn, plain, consumer):
             writers = kafka.BatchWriter(plain), kafka.BatchWriter(txn)
             while not stopping.is_set():
+                self._pause_unless_open(consumer)
                 batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
                 if batch:
                     await self._route(batch, consumer, txn, writers)
+
+    def _pause_unless_open(self, consumer: Any) -> None:
+        """While the work downstream is over its bounds (``backpressure``), the events
+        partitions are paused (again after a rebalance): the flood stays in the log."""
+        if self._valve is not None and not self._valve.is_open:
+            consumer.pause(*consumer.assignment())
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
 
     async def _route(
         self,
@@ -73,6 +86,8 @@ class EventRouter:
     ) -> None:
         writes, windows = self._plan(batch)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        if self._valve is not None:  # counted before the next look at the lags does
+            self._valve.add(PENDING_RUNS, len(writes) + windows.count())
         if windows.empty():
             # Run requests only: a re-read after a crash makes the same run ids, which the
             # run table deduplicates, so acknowledged writes then a commit are enough.
@@ -173,6 +188,9 @@ class _Windows:
 
     def empty(self) -> bool:
         return not self._gathered
+
+    def count(self) -> int:
+        return sum(len(gathered.chunks) for gathered in self._gathered.values())
 
     def messages(self) -> Iterable[EventsBatched]:
         for window, gathered in self._gathered.items():

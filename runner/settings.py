@@ -17,12 +17,14 @@ from typing import Any
 from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError
 from headwater.runner.flow.breaker import BreakerSpec
+from headwater.runner.flow.pressure import Bounds
 from headwater.runner.secrets import resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
 MAX_OUTPUT_BYTES = 256 * 1024
 WORKER_CONCURRENCY = 32
+DEFAULT_BOUNDS = Bounds()
 DEFAULT_BREAKER = BreakerSpec()  # 5 retriable failures in a row, 30 s cooldown
 TASK_TIMEOUT = 3600.0  # a task without ``timeout:`` is stopped after an hour
 MAX_OUTPUT_CEILING = 768 * 1024
@@ -165,6 +167,8 @@ class Settings:
     health_interval: float = 10.0
     #: seconds a probe may take before it counts as failed
     health_timeout: float = 5.0
+    #: how much waiting work makes the router and the bridges stop taking more (0: no bound)
+    bounds: Bounds = field(default_factory=Bounds)
 
     @property
     def state_dir(self) -> Path:
@@ -205,7 +209,31 @@ class Settings:
             worker_concurrency=int(concurrency),
             health_interval=_positive_duration(env, "HEADWATER_HEALTH_INTERVAL", 10.0),
             health_timeout=_positive_duration(env, "HEADWATER_HEALTH_TIMEOUT", 5.0),
+            bounds=Bounds(
+                pending_runs=_count(env, "HEADWATER_MAX_PENDING_RUNS", DEFAULT_BOUNDS.pending_runs),
+                pending_tasks=_count(
+                    env, "HEADWATER_MAX_PENDING_TASKS", DEFAULT_BOUNDS.pending_tasks
+                ),
+                events_lag=_count(env, "HEADWATER_MAX_EVENTS_LAG", DEFAULT_BOUNDS.events_lag),
+            ),
         )
+
+
+def _bounds(env: Mapping[str, str]) -> Bounds:
+    given = DEFAULT_BOUNDS
+    return Bounds(
+        pending_runs=_count(env, "HEADWATER_MAX_PENDING_RUNS", given.pending_runs),
+        pending_tasks=_count(env, "HEADWATER_MAX_PENDING_TASKS", given.pending_tasks),
+        events_lag=_count(env, "HEADWATER_MAX_EVENTS_LAG", given.events_lag),
+    )
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A bound on waiting work from ``env[name]``: a count, 0 for none."""
+    given = env.get(name, str(default)).strip().replace("_", "")
+    if not given.isdigit() or int(given) > 1_000_000_000:
+        raise ConfigError(f"{name}: {given!r} is not a count from 0 (no bound) to 1000000000")
+    return int(given)
 
 
 def _breaker(env: Mapping[str, str]) -> BreakerSpec | None:

@@ -36,11 +36,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from headwater.runner.envelope import CloudEvent, new_id, now_iso, to_kafka
+from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, TaskFailed
 from headwater.runner.executor import TaskContext, execute
-from headwater.runner.flow.gate import Change, Gate
+from headwater.runner.flow.gate import Gate
 from headwater.runner.flow.health import Health, parse_service
+from headwater.runner.flow.pressure import Valve
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
     HOLD_NOTICE_EVERY,
@@ -52,18 +53,21 @@ from headwater.runner.log.records import (
     record_origin,
 )
 from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.observe.status import status_event
 from headwater.runner.probes import Prober
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
 FETCH_RECORDS = 500
-#: Fetching pauses while this many requests are running or waiting for a slot ...
+#: The route's partitions are paused (backpressure) while this many requests are running
+#: or waiting for a slot or a breaker ...
 MAX_RUNNING = 2 * FETCH_RECORDS
 #: Seconds between looks at the services a held request needs.
 HEALTH_WAIT = 0.2
 #: ... or while this many fetched requests wait for their offsets' commit (a long task
 #: at the head of a partition holds back the commit of every request after it).
 MAX_UNCOMMITTED = 50_000
+RUNNING, UNCOMMITTED = "requests running or held", "requests waiting for their commit"
 #: On stop, how long running tasks may still finish and report before they are
 #: abandoned (their requests are executed again by the partition's next owner).
 STOP_DRAIN_S = 10.0
@@ -149,6 +153,12 @@ class Worker:
         self._route = route
         self._concurrency = concurrency or settings.worker_concurrency
         self._gate = Gate(route, settings.breaker, time.monotonic)
+        self._full = Valve(
+            f"worker {route}",
+            settings.topics.tasks(route),
+            {RUNNING: MAX_RUNNING, UNCOMMITTED: MAX_UNCOMMITTED},
+            route=route,
+        )
         self._outcome = asyncio.Event()  # set (and replaced) on each outcome: wakes holders
         self._health = Health(
             time.monotonic, interval=settings.health_interval, timeout=settings.health_timeout
@@ -198,13 +208,13 @@ class Worker:
             )
             try:
                 while not stopping.is_set():
-                    if len(running) >= MAX_RUNNING or len(uncommitted) >= MAX_UNCOMMITTED:
-                        room.clear()
+                    room.clear()
+                    self._pause_while_full_or_open(consumer, len(running), len(uncommitted))
+                    wait_ms = 200
+                    if not self._full.is_open:  # paused: until a task ends or a commit
                         await _wait(room, 0.2)
-                        _raise_if_failed(reporter)
-                        continue
-                    self._pause_while_open(consumer)
-                    batch = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
+                        wait_ms = 0  # still polled: the group sees this consumer alive
+                    batch = await consumer.getmany(timeout_ms=wait_ms, max_records=FETCH_RECORDS)
                     _raise_if_failed(reporter)
                     for tp, records in batch.items():
                         for record in records:
@@ -336,10 +346,13 @@ class Worker:
     def _health_names(self) -> list[str]:
         return [spec.name for spec in self._health.watched()]
 
-    def _pause_while_open(self, consumer: Any) -> None:
-        """While the route's breaker is open its requests wait in Kafka: its partitions
-        are paused (again after a rebalance), resumed when it half-opens."""
-        if self._gate.paused():
+    def _pause_while_full_or_open(self, consumer: Any, running: int, uncommitted: int) -> None:
+        """The route's partitions are paused (again after a rebalance) while the worker is
+        full (backpressure: its requests wait in Kafka, its memory stays bounded) or the
+        route's breaker is open; resumed once it has drained to half and the breaker is no
+        longer open (half-open: a probe must be able to arrive)."""
+        self._full.observe({RUNNING: running, UNCOMMITTED: uncommitted})
+        if self._gate.paused() or not self._full.is_open:
             consumer.pause(*consumer.assignment())
         elif consumer.paused():
             consumer.resume(*consumer.paused())
@@ -347,26 +360,14 @@ class Worker:
     async def _publish_changes(self, writer: kafka.BatchWriter) -> None:
         """Each flow transition since the last call: a log line, a CloudEvent on
         ``hw.status`` (keyed by route, so one route's changes stay in order)."""
-        for change in [*self._gate.changes(), *self._health.changes()]:
+        for change in [*self._gate.changes(), *self._health.changes(), *self._full.changes()]:
             log.warning("%s: %s %s", change.scope, change.kind, change.data.get("reason") or "")
-            event = status_event(change, self._settings.instance)
+            event = status_event(change, self._settings.instance, "worker")
             headers, value = to_kafka(event)
             await writer.add(self._topics.status, value, key=self._route.encode(), headers=headers)
 
     def _dlq(self, record: Any, reason: str) -> _Write:
         return self._topics.dlq, dlq_record(reason, record_origin(record), record.value), None
-
-
-def status_event(change: Change, instance: str) -> CloudEvent:
-    """``headwater.<kind>`` (``headwater.breaker.opened``, ``headwater.flow.paused``...)."""
-    return CloudEvent(
-        id=new_id(),
-        source=f"headwater/worker/{instance}",
-        type=f"headwater.{change.kind}",
-        subject=change.scope,
-        time=now_iso(),
-        data={**change.data, "instance": instance},
-    )
 
 
 async def _wait(event: asyncio.Event, within: float) -> None:

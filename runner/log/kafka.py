@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiokafka.producer.sender
@@ -128,7 +128,7 @@ async def _stop(client: Any) -> None:
 async def offsets_in_transaction(
     txn: AIOKafkaProducer,
     writes: Iterable[asyncio.Future[Any]],
-    offsets: dict[TopicPartition, int],
+    offsets: Mapping[TopicPartition, Any],
     group: str,
     within: float,
 ) -> None:

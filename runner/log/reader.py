@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from headwater.runner.log import kafka
+from headwater.runner.log.lag import lag_of
 from headwater.runner.settings import Settings
 
 FETCH_RECORDS = 5000
@@ -116,8 +117,8 @@ async def lags(settings: Settings) -> dict[tuple[str, str], int]:
         await reader.stop()
     out: dict[tuple[str, str], int] = {}
     for group, offsets in committed.items():
-        for tp, meta in offsets.items():
-            at = meta.offset if meta.offset >= 0 else starts[tp]
+        mine = {tp: ends[tp] for tp in offsets}
+        for tp, lag in lag_of(mine, starts, offsets).items():
             key = (group, tp.topic)
-            out[key] = out.get(key, 0) + max(0, ends[tp] - at)
+            out[key] = out.get(key, 0) + lag.lag
     return out

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from headwater.runner.envelope import CloudEvent, new_id, now_iso
+from headwater.runner.flow.gate import Change
+
 #: The state each status event type leaves its component in.
 STATES = {
     "headwater.breaker.opened": ("breaker", "open"),
@@ -120,3 +123,16 @@ def _age(since: str, now: datetime) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
+
+
+def status_event(change: Change, instance: str, role: str) -> CloudEvent:
+    """The CloudEvent of one flow transition (``headwater.breaker.opened``,
+    ``headwater.flow.paused``...) reported by ``role`` (worker, router...) of ``instance``."""
+    return CloudEvent(
+        id=new_id(),
+        source=f"headwater/{role}/{instance}",
+        type=f"headwater.{change.kind}",
+        subject=change.scope,
+        time=now_iso(),
+        data={**change.data, "instance": instance},
+    )

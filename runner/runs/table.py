@@ -211,6 +211,12 @@ class RunTable:
     def has(self, partition: int) -> bool:
         return partition in self._partitions
 
+    def in_progress(self, partition: int) -> int:
+        """The partition's runs in memory: running, waiting for a slot, or finished in a
+        batch not committed yet (what the router's backpressure counts as work to do)."""
+        table = self._partitions.get(partition)
+        return 0 if table is None else len(table.runs)
+
     def forget(self, partition: int) -> None:
         table = self._partitions.pop(partition, None)
         if table is not None:

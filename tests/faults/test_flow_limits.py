@@ -136,7 +136,8 @@ async def test_concurrency_holds_across_a_sigkill(settings: Settings, headwater_
     await check_all_once(settings, ids)
     spans = intervals(runner.log.parent / "pipelines" / "times", killed_at)
     peaks = {key: most_at_once(s) for key, s in spans.items()}
-    assert all(peak <= 2 for peak in peaks.values()), peaks
+    times = (runner.log.parent / "pipelines" / "times").read_text()
+    assert all(peak <= 2 for peak in peaks.values()), (peaks, killed_at, times)
 
 
 @pytest.mark.timeout(240)

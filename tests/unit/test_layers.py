@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"headwater.runner": ROOT / "runner", "headwater.bridges": ROOT / "bridges"}
 
 BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow"})
-LOOPS = frozenset({"router", "control", "worker", "supervise", "tasks", "probes"})
+LOOPS = frozenset(
+    {"router", "control", "worker", "supervise", "tasks", "probes", "backpressure"}
+)
 #: What each layer may import (its own layer included).
 ALLOWED: dict[str, frozenset[str]] = {
     "base": frozenset({"base"}),
