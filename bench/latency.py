@@ -16,9 +16,13 @@ median of each hop (from the completion's run timestamps) says where the time go
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import math
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -30,10 +34,12 @@ from aiokafka import TopicPartition
 
 from bench import tasks
 from bench.kafkatools import ensure_log_topics, reading, record_times, until
-from bench.processes import relay
+from bench.processes import relay, stop
+from bench.scaleout import PARTITIONS, STOP_WITHIN, stable
 from bench.stages import noop_pipeline
 from headwater.runner.engine import serve
 from headwater.runner.envelope import to_kafka
+from headwater.runner.flow.backoff import pause
 from headwater.runner.log import kafka
 from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.settings import Settings
@@ -41,18 +47,37 @@ from headwater.runner.settings import Settings
 PRIME = -1  # the id of the event sent through before the load starts
 
 
-async def latency(settings: Settings, rate: float, seconds: float, drain: float) -> dict[str, Any]:
+async def latency(
+    settings: Settings, rate: float, seconds: float, drain: float, processes: int = 0
+) -> dict[str, Any]:
     """Offer ``rate`` events/s for ``seconds``; wait up to ``drain`` more seconds for the
-    runs to finish; returns the figures (latencies in ms)."""
+    runs to finish; returns the figures (latencies in ms). The runner runs in this process
+    (``processes`` 0), or as that many processes of their own, on topics of
+    ``PARTITIONS`` partitions, timed once every consumer group is stable with all of
+    them."""
+    if processes:
+        settings = dataclasses.replace(
+            settings, kafka=dataclasses.replace(settings.kafka, partitions=PARTITIONS)
+        )
     await ensure_log_topics(settings, {"default"})
     tasks.started_at.clear()
     completions = Completions(settings)
     stopping = asyncio.Event()
     watcher = asyncio.create_task(completions.watch(stopping))
     runner = asyncio.create_task(
-        serve(settings, [noop_pipeline("bench.tasks:noop_stamped")], [], RunObserver(), stopping)
+        _in_processes(settings, processes, stopping)
+        if processes
+        else serve(
+            settings, [noop_pipeline("bench.tasks:noop_stamped")], [], RunObserver(), stopping
+        )
     )
     try:
+        if processes:
+            groups = [settings.topics.group(g) for g in ("router", "control", "workers.default")]
+            while not await stable(settings, groups, processes):
+                if runner.done():
+                    runner.result()
+                await asyncio.sleep(0.2)
         await _prime(settings)
 
         async def primed() -> bool:
@@ -71,10 +96,13 @@ async def latency(settings: Settings, rate: float, seconds: float, drain: float)
         await watcher
     created = await record_times(settings, settings.topics.events)
     created.pop(str(PRIME))
-    started, arrived = tasks.started_at, completions.arrived
+    started = completions.started if processes else tasks.started_at
+    arrived = completions.arrived
     to_start = [started[i] - t for i, t in created.items() if i in started]
     to_completion = [arrived[i] - t for i, t in created.items() if i in arrived]
     return {
+        "processes": processes or 1,
+        "own": bool(processes),
         "offered_per_s": rate,
         # as Kafka saw it: events over the span of their timestamps (ms precision)
         "achieved_per_s": _rate(created.values()),
@@ -108,6 +136,8 @@ class Completions:
         self._settings = settings
         self.arrived: dict[str, float] = {}
         self.runs: dict[str, tuple[float, float]] = {}
+        #: when the task started, where it says so in its output (``tasks.started``)
+        self.started: dict[str, float] = {}
 
     async def watch(self, stopping: asyncio.Event) -> None:
         settings, topic = self._settings, self._settings.topics.completions
@@ -130,6 +160,9 @@ class Completions:
         event_id = data["trigger"]["id"]
         self.arrived.setdefault(event_id, now)
         self.runs[event_id] = (_epoch(data["started_at"]), _epoch(data["finished_at"]))
+        output = data["tasks"]["t"]["output"]
+        if isinstance(output, dict) and "started" in output:
+            self.started.setdefault(event_id, output["started"])
 
     def hops(self, created: dict[str, float], started: dict[str, float]) -> dict[str, float]:
         """Median ms of each hop: event -> run created (router, control), -> task started
@@ -165,6 +198,43 @@ def _rate(times: Iterable[float]) -> float | None:
 
 def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
+
+
+async def _in_processes(settings: Settings, processes: int, stopping: asyncio.Event) -> None:
+    """``processes`` runner processes (``bench.runner_process ... stamped``) until
+    ``stopping`` is set."""
+    with contextlib.ExitStack() as files:
+        outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
+        state = files.enter_context(tempfile.TemporaryDirectory(prefix="hw-bench-state-"))
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.runner_process",
+                settings.topics.prefix,
+                "stamped",
+                env={
+                    **os.environ,
+                    "HEADWATER_INSTANCE": f"bench-latency-{i}",
+                    "HEADWATER_KAFKA_PARTITIONS": str(settings.kafka.partitions),
+                    "HEADWATER_STATE_DIR": state,
+                },
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for i, output in enumerate(outputs)
+        ]
+        try:
+            while not stopping.is_set():
+                for child in children:
+                    if child.returncode is not None:
+                        raise RuntimeError(f"a runner process exited ({child.returncode})")
+                await pause(stopping, 0.2)
+        finally:
+            for i, (child, output) in enumerate(zip(children, outputs, strict=True)):
+                await stop(child, STOP_WITHIN)
+                output.seek(0)
+                relay(f"latency runner process {i}", output.read())
 
 
 async def _prime(settings: Settings) -> None:

@@ -10,6 +10,11 @@ run a moment before, so the ratio means something on a shared, noisy machine:
   pipelines, and one-task no-op pipelines end to end;
 - latency (``bench.latency``) at fixed offered loads: to task start and to the completion
   event being visible, p50/p99/max;
+- latency on runner processes of their own (``bench.latency``): the same at 10k events/s
+  offered, on one and on two runner processes (4 partitions), measured the same way;
+- flood (``bench.flood``): a million events offered at once through a bridge process to
+  a runner process: peak RSS of each, the largest backlogs, events lost (must be 0) and
+  the time to drain;
 - memory (``bench.memory``): peak RSS of a runner process working through a backlog;
 - markers and restore (``bench.markers``): peak RSS of a runner whose table holds 1M and
   10M finished runs, and the time to take its partitions over from local state, from the
@@ -46,6 +51,7 @@ from aiokafka.errors import KafkaError
 from bench.baselines import raw_consume_produce, raw_produce, warm_up
 from bench.batched import WINDOW, batched_runs
 from bench.faust_forward import forward_with_faust
+from bench.flood import flood
 from bench.kafkatools import create_topics, delete_topics
 from bench.latency import latency
 from bench.logs import capture, log
@@ -73,6 +79,9 @@ class Volumes:
     scale_runs: int  # scale-out: runs
     markers: tuple[int, ...]  # markers and restore: the table sizes
     markers_within: float
+    flood: int  # flood: events offered at once through a bridge
+    flood_within: float
+    multi_rate: int  # latency on 1 and 2 runner processes of their own: offered events/s
 
 
 FULL = Volumes(
@@ -88,9 +97,26 @@ FULL = Volumes(
     60_000,
     (1_000_000, 10_000_000),
     1_200.0,
+    1_000_000,
+    1_800.0,
+    10_000,
 )
 SMOKE = Volumes(
-    2_000, 2_000, 200, (200,), 1.5, 10.0, 20_000, 60.0, 20_000, 1_000, (2_000, 10_000), 120.0
+    2_000,
+    2_000,
+    200,
+    (200,),
+    1.5,
+    10.0,
+    20_000,
+    60.0,
+    20_000,
+    1_000,
+    (2_000, 10_000),
+    120.0,
+    5_000,
+    120.0,
+    200,
 )
 
 
@@ -204,6 +230,16 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
         progress(f"latency: {rate} events/s offered for {v.load_seconds:g}s, one-task pipeline")
         load = settings_for(f"{run}l{rate}.")
         rows.append(_latency_row(await latency(load, rate, v.load_seconds, v.drain_seconds)))
+    for processes in (1, 2):
+        progress(
+            f"latency: {v.multi_rate} events/s offered for {v.load_seconds:g}s, "
+            f"{processes} runner process(es) of their own"
+        )
+        load = settings_for(f"{run}L{processes}.")
+        measured = await latency(load, v.multi_rate, v.load_seconds, v.drain_seconds, processes)
+        rows.append(_latency_row(measured))
+    progress(f"flood: {v.flood:,} events offered at once through a bridge process")
+    rows.append(_flood_row(await flood(settings_for(f"{run}f."), v.flood, v.flood_within)))
     progress(f"memory: a runner process working through a backlog of {v.backlog} events")
     used = await memory(settings_for(f"{run}b."), v.backlog, v.backlog_within)
     rows.append(
@@ -274,7 +310,8 @@ def marker_rows(f: dict[str, Any]) -> list[Row]:
             local["restore_seconds"],
             "s",
             "baseline changelog-alone",
-            local["restore_seconds"] / large["restore_seconds"],
+            # restore times come from log lines in milliseconds: a smoke-sized rebuild can be 0
+            local["restore_seconds"] / max(large["restore_seconds"], 0.001),
             note=f"from the changelog alone {large['restore_seconds']:.1f} s "
             f"({per_million:.1f} s per 1M markers); failover of a killed owner's partitions "
             f"(kill -> restored, incl. the session timeout; restore alone) without a standby "
@@ -286,6 +323,21 @@ def marker_rows(f: dict[str, Any]) -> list[Row]:
 
 def _failover(f: dict[str, Any]) -> str:
     return f"{f['kill_to_restored_seconds']:.1f} s ({f['restore_seconds']:.1f} s)"
+
+
+def _flood_row(f: dict[str, Any]) -> Row:
+    """The headline is the time to drain; lost and duplicated events must be 0."""
+    rss, peak = f["peak_rss_mb"], f["max_backlog"]
+    return Row(
+        f"flood ({f['events']:,} events offered at once: bridge process -> runner process)",
+        f["drain_seconds"],
+        "s",
+        note=f"lost {f['lost']}, completed twice {f['duplicates']}; "
+        f"{f['runs_per_s']:,.0f} runs/s; peak RSS bridge {rss['bridge']:.0f} MB, runner "
+        f"{rss['runner']:.0f} MB; max backlog: events not routed {peak['events_not_routed']:,},"
+        f" runs pending {peak['runs_pending']:,}, task requests {peak['tasks_not_done']:,}",
+        details=f,
+    )
 
 
 def _latency_row(figures: dict[str, Any]) -> Row:
@@ -300,8 +352,10 @@ def _latency_row(figures: dict[str, Any]) -> Row:
     )
     if f["completed"] < f["events"]:
         note += f"; {f['events'] - f['completed']:,} of {f['events']:,} runs not done in time"
+    n = f["processes"]
+    where = f", {n} runner process{'es' if n > 1 else ''} of their own" if f["own"] else ""
     return Row(
-        f"latency at {f['offered_per_s']:,.0f} events/s (to completion, p50)",
+        f"latency at {f['offered_per_s']:,.0f} events/s{where} (to completion, p50)",
         f["completion_p50_ms"],
         "ms",
         note=note,

@@ -70,10 +70,10 @@ async def scale_out(
     )
     await ensure_log_topics(settings, {"default"})
     await fill_events(settings, count)
-    progress: CommitWatch | _Completed = (
+    progress: CommitWatch | Completed = (
         CommitWatch(settings, "router", settings.topics.events)
         if stage == "match"
-        else _Completed(settings, stage)
+        else Completed(settings, stage)
     )
     with contextlib.ExitStack() as files:
         outputs = [files.enter_context(tempfile.TemporaryFile()) for _ in range(processes)]
@@ -100,7 +100,7 @@ async def scale_out(
         try:
             async with progress:
                 groups = [settings.topics.group(role) for role in GROUPS[stage]]
-                while not await _stable(settings, groups, processes):
+                while not await stable(settings, groups, processes):
                     _check(children, deadline)
                     await asyncio.sleep(0.1)
                 started, done_before = time.monotonic(), await progress.processed()
@@ -119,7 +119,7 @@ async def scale_out(
     figures: dict[str, Any] = {"processes": processes, "count": count, "timed": timed, **cpu}
     # None when the backlog was gone before every process held partitions (tiny volumes)
     figures["per_s"] = timed / elapsed if timed and elapsed else None
-    if isinstance(progress, _Completed):
+    if isinstance(progress, Completed):
         figures["completions_published"] = progress.published
     return figures
 
@@ -164,7 +164,7 @@ def _check(children: list[asyncio.subprocess.Process], deadline: float) -> None:
         raise TimeoutError("the scale-out row did not finish in time")
 
 
-async def _stable(settings: Settings, groups: list[str], members: int) -> bool:
+async def stable(settings: Settings, groups: list[str], members: int) -> bool:
     """Whether each consumer group is stable with exactly ``members`` members."""
     admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
@@ -179,7 +179,7 @@ async def _stable(settings: Settings, groups: list[str], members: int) -> bool:
         await admin.close()
 
 
-class _Completed:
+class Completed:
     """How many runs (``runs``) or events in runs (``batched``) a ``read_committed``
     subscriber of the completions topic has seen end (read in the background)."""
 
@@ -191,7 +191,7 @@ class _Completed:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> _Completed:
+    async def __aenter__(self) -> Completed:
         self._task = asyncio.create_task(self._read())
         return self
 

@@ -2,7 +2,8 @@
 
 ``count_events`` returns how many events its run carried. ``noop_stamped`` notes when it
 started (wall clock), by trigger event id, for the latency rows; it is a separate task so
-that the other rows keep no per-run state.
+that the other rows keep no per-run state. ``started`` returns that time as its output,
+for runners in processes of their own.
 """
 
 from __future__ import annotations
@@ -25,3 +26,9 @@ async def count_events(ctx: Any) -> dict[str, int]:
 
 async def noop_stamped(ctx: Any) -> None:
     started_at.setdefault(ctx.event["id"], time.time())
+
+
+async def started(ctx: Any) -> dict[str, float]:
+    """When it started (wall clock), as its output: read from the completion when the
+    runner is a process of its own."""
+    return {"started": time.time()}

@@ -1,9 +1,11 @@
 """Workers: execute task requests of one route and report results to ``control``.
 
 Workers are stateless. A request's offset is committed only after its result, and the
-result of every request before it in its partition, was written to ``control``; a worker
-that dies re-executes its uncommitted requests on restart, and the run state machine
-ignores a result that was already counted.
+result of every request before it in its partition, was written to ``control``; the
+requests done beyond it are named in the commit's metadata (``log.progress``). A worker
+that dies leaves its uncommitted requests to the partition's next owner, which executes
+them again except those named done; the run state machine ignores a result that was
+already counted.
 
 Requests run concurrently (at most ``concurrency`` at a time) and each result is written
 as soon as its task finishes, together with whatever else finished meanwhile: a slow task
@@ -31,7 +33,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -43,6 +45,8 @@ from headwater.runner.flow.gate import Gate
 from headwater.runner.flow.health import Health, parse_service
 from headwater.runner.flow.pressure import Valve
 from headwater.runner.log import kafka
+from headwater.runner.log.lag import committed_offsets
+from headwater.runner.log.progress import Uncommitted, done_offsets
 from headwater.runner.log.records import (
     HOLD_NOTICE_EVERY,
     RouteHeld,
@@ -68,6 +72,8 @@ HEALTH_WAIT = 0.2
 #: at the head of a partition holds back the commit of every request after it).
 MAX_UNCOMMITTED = 50_000
 RUNNING, UNCOMMITTED = "requests running or held", "requests waiting for their commit"
+#: Seconds a newly assigned partition's previous progress may take to read.
+DONE_EARLIER_WITHIN = 10.0
 #: On stop, how long running tasks may still finish and report before they are
 #: abandoned (their requests are executed again by the partition's next owner).
 STOP_DRAIN_S = 10.0
@@ -77,66 +83,6 @@ MAX_ERROR_CHARS = 4000
 _Write = tuple[str, bytes, bytes | None]
 _Report = tuple[TopicPartition, int, _Write]
 _END = None  # put on the queue of reports once no task can report any more
-
-
-class Uncommitted:
-    """The fetched requests whose offsets are not committed yet, per partition, and which
-    of them have had their result written.
-
-    A partition may commit up to its first request whose result is not written: Kafka's
-    committed offset means "everything before this is done". Each partition's offsets are
-    kept in ascending order (a request fetched below the highest one, after the consumer
-    was sent back, re-sorts them), so finding and dropping the committable prefix only
-    visits that prefix.
-    """
-
-    def __init__(self) -> None:
-        self._written: dict[TopicPartition, dict[int, bool]] = {}
-
-    def __len__(self) -> int:
-        return sum(len(offsets) for offsets in self._written.values())
-
-    def add(self, tp: TopicPartition, offset: int) -> bool:
-        """Track a fetched request; False if it is tracked already (fetched again)."""
-        offsets = self._written.setdefault(tp, {})
-        if offset in offsets:
-            return False
-        in_order = not offsets or offset > next(reversed(offsets))
-        offsets[offset] = False
-        if not in_order:
-            self._written[tp] = dict(sorted(offsets.items()))
-        return True
-
-    def written(self, tp: TopicPartition, offset: int) -> None:
-        offsets = self._written.get(tp)
-        if offsets is not None and offset in offsets:  # else: the partition moved away
-            offsets[offset] = True
-
-    def committable(self) -> dict[TopicPartition, int]:
-        """Per partition, the offset to commit, where there is something new to commit."""
-        commits = {}
-        for tp, offsets in self._written.items():
-            done = None
-            for offset, written in offsets.items():
-                if not written:
-                    break
-                done = offset
-            if done is not None:
-                commits[tp] = done + 1
-        return commits
-
-    def committed(self, commits: Mapping[TopicPartition, int]) -> None:
-        for tp, upto in commits.items():
-            offsets = self._written.get(tp, {})
-            while offsets and next(iter(offsets)) < upto:
-                del offsets[next(iter(offsets))]
-
-    def keep_only(self, partitions: Iterable[TopicPartition]) -> None:
-        """Forget the partitions not assigned here any more: their next owner executes
-        their uncommitted requests."""
-        kept = set(partitions)
-        for tp in [tp for tp in self._written if tp not in kept]:
-            del self._written[tp]
 
 
 class Worker:
@@ -179,7 +125,16 @@ class Worker:
 
         async def assigned(partitions: list[TopicPartition]) -> None:
             uncommitted.keep_only(partitions)  # revoked ones may come straight back
+            # aiokafka fetches from a new assignment while this listener runs: its
+            # records wait (paused, sought back) until the previous progress is known.
+            learning.update(partitions)
+            consumer.pause(*partitions)
+            try:
+                await self._done_earlier(uncommitted, partitions)
+            finally:
+                learning.difference_update(partitions)
 
+        learning: set[TopicPartition] = set()
         rebalance = kafka.Rebalance(assigned=assigned)
         consumer.subscribe([self._topics.tasks(self._route)], listener=rebalance)
         finished: asyncio.Queue[_Report | None] = asyncio.Queue()
@@ -209,7 +164,7 @@ class Worker:
             try:
                 while not stopping.is_set():
                     room.clear()
-                    self._pause_while_full_or_open(consumer, len(running), len(uncommitted))
+                    self._pause(consumer, len(running), len(uncommitted), learning)
                     wait_ms = 200
                     if not self._full.is_open:  # paused: until a task ends or a commit
                         await _wait(room, 0.2)
@@ -217,6 +172,9 @@ class Worker:
                     batch = await consumer.getmany(timeout_ms=wait_ms, max_records=FETCH_RECORDS)
                     _raise_if_failed(reporter)
                     for tp, records in batch.items():
+                        if tp in learning:
+                            consumer.seek(tp, records[0].offset)  # read again after
+                            continue
                         for record in records:
                             if uncommitted.add(tp, record.offset):
                                 task = asyncio.create_task(attempt(tp, record))
@@ -268,12 +226,31 @@ class Worker:
             for tp, offset, _ in done:
                 uncommitted.written(tp, offset)
             assigned = consumer.assignment()
-            commits = {tp: o for tp, o in uncommitted.committable().items() if tp in assigned}
+            commits = {tp: c for tp, c in uncommitted.commits().items() if tp in assigned}
             if commits and await kafka.commit(consumer, commits):
                 uncommitted.committed(commits)
                 room.set()
             if end:
                 return
+
+    async def _done_earlier(
+        self, uncommitted: Uncommitted, partitions: list[TopicPartition]
+    ) -> None:
+        """The requests the partitions' previous owner had done past its committed offset
+        (its commit's metadata): not executed again. Unknown if it cannot be read: then
+        they run again, as at-least-once allows."""
+        if not partitions:
+            return
+        group = self._topics.group(f"workers.{self._route}")
+        try:
+            found = await asyncio.wait_for(
+                committed_offsets(self._settings, group, partitions), DONE_EARLIER_WITHIN
+            )
+        except Exception as exc:  # noqa: BLE001 - only costs executing them again
+            log.warning("worker %s: previous owner's progress not read (%r)", self._route, exc)
+            return
+        for tp, meta in found.items():
+            uncommitted.earlier(tp, done_offsets(meta.offset, meta.metadata))
 
     async def _attempt(self, record: Any, slots: asyncio.Semaphore) -> _Write:
         """Execute one request; returns the write (topic, value, key) that reports it."""
@@ -346,16 +323,21 @@ class Worker:
     def _health_names(self) -> list[str]:
         return [spec.name for spec in self._health.watched()]
 
-    def _pause_while_full_or_open(self, consumer: Any, running: int, uncommitted: int) -> None:
+    def _pause(
+        self, consumer: Any, running: int, uncommitted: int, learning: set[TopicPartition]
+    ) -> None:
         """The route's partitions are paused (again after a rebalance) while the worker is
         full (backpressure: its requests wait in Kafka, its memory stays bounded) or the
         route's breaker is open; resumed once it has drained to half and the breaker is no
-        longer open (half-open: a probe must be able to arrive)."""
+        longer open (half-open: a probe must be able to arrive). A newly assigned
+        partition stays paused while its previous progress is being read (``learning``)."""
         self._full.observe({RUNNING: running, UNCOMMITTED: uncommitted})
         if self._gate.paused() or not self._full.is_open:
             consumer.pause(*consumer.assignment())
-        elif consumer.paused():
-            consumer.resume(*consumer.paused())
+            return
+        resumable = consumer.paused() - learning
+        if resumable:
+            consumer.resume(*resumable)
 
     async def _publish_changes(self, writer: kafka.BatchWriter) -> None:
         """Each flow transition since the last call: a log line, a CloudEvent on

@@ -90,7 +90,7 @@ async def all_acknowledged(futures: Iterable[asyncio.Future[Any]], within: float
         raise KafkaUnavailable(f"{len(missing)} write(s) not acknowledged: {', '.join(reasons)}")
 
 
-async def commit(consumer: Any, offsets: dict[Any, int]) -> bool:
+async def commit(consumer: Any, offsets: Mapping[Any, Any]) -> bool:
     """Commit ``offsets``; False if the group rebalanced meanwhile. That is normal (a
     process joined or left): the partitions' new owner reads those records again, and the
     run table deduplicates what they cause."""

@@ -60,6 +60,20 @@ def lag_of(
     return out
 
 
+async def committed_offsets(
+    settings: Settings, group: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, Any]:
+    """The group's committed ``OffsetAndMetadata`` for ``partitions`` (those it never
+    committed are left out)."""
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group, partitions=partitions)
+    finally:
+        await admin.close()
+    return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
+
+
 class LagReader:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -1,7 +1,9 @@
 """A worker against the real Kafka: a slow task holds back no other task's result, and a
 SIGKILL while it runs loses no run and completes none twice (its request's offset was not
 committed, so the restarted worker executes it again; the results reported after it are
-read again and ignored)."""
+read again and ignored), and executes no finished task again: the requests done past the
+committed offset are named in the commit's metadata, and the next owner skips them (on
+the code before, the quick requests behind the slow one in its partition ran twice)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
+from headwater.runner.log.lag import committed_offsets
+from headwater.runner.log.progress import done_offsets
 from headwater.runner.settings import Settings
-from tests.kafkatools import pipeline_file, publish, read_all, read_topic
+from tests.kafkatools import pipeline_file, poll, publish, read_all, read_topic
 from tests.processes import HeadwaterProcess
 
 pytestmark = pytest.mark.integration
@@ -28,6 +33,8 @@ import asyncio, pathlib
 HERE = pathlib.Path(__file__).parent
 
 async def work(ctx):
+    with (HERE / "executions").open("a") as out:
+        out.write(ctx.event["id"] + "\\n")
     if ctx.event["id"] == "slow":  # runs until the test releases it
         (HERE / "slow.started").touch()
         while not (HERE / "slow.release").exists():
@@ -73,6 +80,15 @@ async def test_a_slow_task_holds_back_no_result_and_a_kill_while_it_runs_loses_n
     early = await read_topic(settings, topic, lambda rs: len(triggers(rs)) >= QUICK, within=30)
     assert "slow" not in triggers(early)
 
+
+    async def named_done() -> tuple[bool, int]:  # every quick request's commit went through
+        tps = [TopicPartition(settings.topics.tasks("default"), p) for p in range(3)]
+        group = settings.topics.group("workers.default")
+        found = await committed_offsets(settings, group, tps)
+        done = sum(m.offset + len(done_offsets(m.offset, m.metadata)) for m in found.values())
+        return done >= QUICK, done
+
+    await poll(named_done, 30, "the quick requests' commits")
     runner.kill()
     (folder / "slow.release").touch()
     restarted = HeadwaterProcess(["dev", str(folder)], settings, folder / "again.log").start()
@@ -83,3 +99,6 @@ async def test_a_slow_task_holds_back_no_result_and_a_kill_while_it_runs_loses_n
     per_event = collections.Counter(triggers(await read_all(settings, topic)))
     assert sorted(per_event) == sorted(["slow", *map(str, range(QUICK))])
     assert [event for event, n in per_event.items() if n != 1] == []
+    executions = collections.Counter((folder / "executions").read_text().split())
+    assert executions.pop("slow") == 2  # killed while it ran: executed again
+    assert [event for event, n in executions.items() if n != 1] == [], "executed again"
