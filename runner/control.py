@@ -212,6 +212,8 @@ class ControlProcessor:
             self._timers.arm(partition, due, at)
         for note in changes.notes:
             hooks.tell(self._observer, note)
+        for line in changes.said:
+            log.info("%s", line)
 
     # --- partition assignment ------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from headwater.runner.log import kafka
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.router import EventRouter
+from headwater.runner.scheduler import Scheduler
 from headwater.runner.settings import Settings
 from headwater.runner.supervise import Component, supervise
 from headwater.runner.worker import Worker
@@ -48,6 +49,7 @@ async def serve(
         "backpressure": pressure.run,
         "router": EventRouter(settings, pipelines, pressure.router).run,
         "control": ControlProcessor(settings, by_name, observer).run,
+        "scheduler": Scheduler(settings, pipelines).run,
     }
     for route in sorted(routes):
         components[f"worker[{route}]"] = Worker(settings, by_name, route).run

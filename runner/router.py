@@ -1,10 +1,12 @@
 """The event router: the per-event hot path from ``events`` to the control log.
 
-Reads ``events`` in batches and matches each event against the trigger index. A
-per-event trigger writes one ``run.requested`` control message keyed by the derived run
-id; a batching trigger's events are gathered per window and written as one
-``events.batched`` message per window (split when large), keyed by the window. A record
-that is not a CloudEvent goes to the DLQ with the reason; the stream goes on.
+Reads ``events`` (and ``completions``, when a pipeline is triggered by another's runs:
+a completion is a CloudEvent like any other, its id the upstream run's) in batches and
+matches each event against the trigger index. A per-event trigger writes one
+``run.requested`` control message keyed by the derived run id; a batching trigger's
+events are gathered per window and written as one ``events.batched`` message per window
+(split when large), keyed by the window. A record that is not a CloudEvent goes to the
+DLQ with the reason; the stream goes on.
 
 A fetched batch that feeds a batching window commits its writes and its consumer offsets
 in one Kafka transaction, so a re-read event (after a crash or a rebalance) is never
@@ -35,9 +37,9 @@ from headwater.runner.log.records import (
     encode_control,
     record_origin,
 )
-from headwater.runner.model.matching import Match, TriggerIndex
+from headwater.runner.model.matching import Match, TriggerIndex, completion_trigger
 from headwater.runner.model.pipeline import Pipeline
-from headwater.runner.runs.flow import control_key
+from headwater.runner.runs.flow import control_key, keyed_apart
 from headwater.runner.runs.machine import run_id_for
 from headwater.runner.runs.windows import MAX_BYTES, key_value, window_key
 from headwater.runner.settings import Settings
@@ -51,8 +53,13 @@ class EventRouter:
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
+        pipelines = list(pipelines)
         self._index = TriggerIndex(pipelines)
         self._valve = valve
+        # Completions are read only when a pipeline is triggered by another's.
+        self._read = [settings.topics.events]
+        if any(completion_trigger(t) for p in pipelines for t in p.triggers):
+            self._read.append(settings.topics.completions)
 
     async def run(self, stopping: asyncio.Event) -> None:
         topics = self._topics
@@ -60,7 +67,7 @@ class EventRouter:
             self._settings, f"{topics.group('router')}.{self._settings.instance}"
         )
         plain = kafka.producer(self._settings)
-        consumer = kafka.consumer(self._settings, topics.events, group=topics.group("router"))
+        consumer = kafka.consumer(self._settings, *self._read, group=topics.group("router"))
         async with kafka.started(txn, plain, consumer):
             writers = kafka.BatchWriter(plain), kafka.BatchWriter(txn)
             while not stopping.is_set():
@@ -145,7 +152,7 @@ class EventRouter:
         run_id = run_id_for(pipeline.name, event.id, event.source)
         data = event.to_dict()
         value = encode_control(RunRequested(run_id, pipeline.name, data))
-        if pipeline.flow_key is False:
+        if not keyed_apart(pipeline, data):
             return self._topics.control, value, run_id.encode(), None
         return self._topics.control, value, control_key(pipeline, data, run_id), None
 

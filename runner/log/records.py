@@ -107,14 +107,35 @@ class FlowDue:
     key: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleDue:
+    """Time ``at`` has come for the pipeline's ``schedule`` (its id): the ticks due by
+    then start their runs (``runs.schedules``). Written by every process's scheduler at
+    each tick and when it starts, keyed by the pipeline's schedule key, so one partition
+    owns the schedule; a tick already considered starts nothing again."""
+
+    pipeline: str
+    schedule: str
+    at: float
+
+
 #: Seconds between a holding worker's ``RouteHeld`` notices.
 HOLD_NOTICE_EVERY = 5.0
 
-Control = ControlMessage | EventsBatched | WindowDue | MarkersDue | RouteHeld | RunDue | FlowDue
+Control = (
+    ControlMessage
+    | EventsBatched
+    | WindowDue
+    | MarkersDue
+    | RouteHeld
+    | RunDue
+    | FlowDue
+    | ScheduleDue
+)
 #: How much of a dead-lettered payload its DLQ entry keeps.
 DLQ_PAYLOAD_BYTES = 256 * 1024
 #: The control messages a timer of the control processor writes.
-Due = RetryDue | WindowDue | MarkersDue | RunDue | FlowDue
+Due = RetryDue | WindowDue | MarkersDue | RunDue | FlowDue | ScheduleDue
 _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
@@ -125,6 +146,7 @@ _KINDS: dict[str, type[Control]] = {
     "markers.due": MarkersDue,
     "run.due": RunDue,
     "flow.due": FlowDue,
+    "schedule.due": ScheduleDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
@@ -166,7 +188,7 @@ def concerns(message: Control) -> dict[str, str]:
         return {}
     if isinstance(message, RouteHeld):
         return {"route": message.route}
-    if isinstance(message, FlowDue):
+    if isinstance(message, FlowDue | ScheduleDue):
         return {"pipeline": message.pipeline}
     return {"run_id": message.run_id}
 

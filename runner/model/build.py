@@ -16,6 +16,7 @@ import orjson
 from headwater.runner.durations import parse_duration
 from headwater.runner.flow.backoff import Backoff
 from headwater.runner.flow.breaker import BreakerSpec
+from headwater.runner.flow.schedule import ScheduleSpec
 from headwater.runner.model.pipeline import (
     Batching,
     Comparison,
@@ -61,7 +62,7 @@ def build(data: dict[str, Any], file: str) -> Pipeline:
     timeout = data.get("timeout")
     return Pipeline(
         name=data["name"],
-        triggers=_identified([_trigger(spec) for spec in data["triggers"]]),
+        triggers=_identified([_trigger(spec) for spec in data.get("triggers", ())]),
         tasks=_topological(tasks),
         file=file,
         description=data.get("description", ""),
@@ -74,6 +75,21 @@ def build(data: dict[str, Any], file: str) -> Pipeline:
             int(throttle["limit"]), parse_duration(throttle["period"]), throttle.get("key")
         ),
         timeout=None if timeout is None else parse_duration(timeout),
+        schedule=_schedule(data["schedule"]) if "schedule" in data else None,
+    )
+
+
+def _schedule(spec: dict[str, Any]) -> ScheduleSpec:
+    catchup = spec.get("catchup", {})
+    defaults = ScheduleSpec(every=1.0)
+    return ScheduleSpec(
+        cron=spec.get("cron"),
+        every=parse_duration(spec["every"]) if "every" in spec else None,
+        timezone=spec.get("timezone", "UTC"),
+        catchup=catchup.get("policy", defaults.catchup),
+        window=parse_duration(catchup["window"]) if "window" in catchup else defaults.window,
+        overlap=spec.get("overlap", defaults.overlap),
+        jitter=parse_duration(spec["jitter"]) if "jitter" in spec else 0.0,
     )
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from headwater.runner.durations import parse_duration
 from headwater.runner.flow.health import parse_service
+from headwater.runner.flow.schedule import check_cron
 from headwater.runner.model.schema_errors import DocPath
 from headwater.runner.secrets import credential_problem
 
@@ -106,6 +108,61 @@ def pipeline_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
                 yield where, "must be longer than 0"
 
 
+def schedule_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    """Something starts runs (``triggers`` or ``schedule``); a schedule has ``cron`` or
+    ``every`` (not both), a cron expression and timezone that exist, a period of at least
+    a second and a jitter shorter than it."""
+    schedule = data.get("schedule")
+    if schedule is None and not data.get("triggers"):
+        if "triggers" in data:
+            yield ("triggers",), "is empty and there is no schedule: nothing would start a run"
+        else:
+            yield (), "needs triggers or a schedule (or both)"
+    if not isinstance(schedule, dict):
+        return
+    at: DocPath = ("schedule",)
+    cron, every = schedule.get("cron"), schedule.get("every")
+    if (cron is None) == (every is None):
+        yield at, "needs either cron or every (not both)"
+    if isinstance(cron, str):
+        problem = check_cron(cron)
+        if problem is not None:
+            yield (*at, "cron"), problem
+    zone = schedule.get("timezone")
+    if isinstance(zone, str):
+        if every is not None:
+            yield (*at, "timezone"), "applies to cron only (every counts from the Unix epoch)"
+        elif not _timezone(zone):
+            known = "an IANA name such as Europe/Paris"
+            yield (*at, "timezone"), f"unknown timezone {zone!r} ({known})"
+    seconds: dict[str, float] = {}
+    places = (("every",), ("jitter",), ("catchup", "window"))
+    for where in places:
+        value: Any = schedule
+        for step in where:
+            value = value.get(step) if isinstance(value, dict) else None
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            try:
+                seconds[where[-1]] = parse_duration(value)
+            except ValueError as exc:
+                yield (*at, *where), str(exc)
+    if seconds.get("every", 1.0) < 1.0:
+        yield (*at, "every"), "must be at least 1s"
+    period = seconds.get("every")
+    if period is not None and seconds.get("jitter", 0.0) >= period:
+        yield (*at, "jitter"), f"must be shorter than the period ({period:g}s)"
+    if seconds.get("jitter", 0.0) > 3600.0:
+        yield (*at, "jitter"), "must be at most 1h"
+
+
+def _timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for odd keys
+        return False
+    return True
+
+
 def service_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
     """Each ``needs_services`` entry (the pipeline's and each task's) must parse."""
     places: list[tuple[DocPath, Any]] = [(("needs_services",), data.get("needs_services"))]
@@ -190,3 +247,30 @@ def cycles(tasks: dict[str, Any]) -> list[list[str]]:
         if name not in state:
             visit(name)
     return cycles
+
+
+def graph_cycles(edges: dict[str, list[tuple[str, int]]]) -> list[tuple[list[str], int]]:
+    """Each cycle of a graph whose edges carry a label (node -> [(next, label)]), found
+    by a depth-first walk in order, as ``([a, b, a], the label of a's edge)``: a
+    pipeline, the pipelines whose completions trigger it in turn, back to it."""
+    state: dict[str, str] = {}
+    stack: list[tuple[str, int]] = []
+    found: list[tuple[list[str], int]] = []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        for following, label in edges.get(name, ()):
+            stack.append((name, label))
+            if state.get(following) == "open":
+                start = next(i for i, (node, _) in enumerate(stack) if node == following)
+                walk = stack[start:]
+                found.append(([node for node, _ in walk] + [following], walk[0][1]))
+            elif following not in state:
+                visit(following)
+            stack.pop()
+        state[name] = "done"
+
+    for name in edges:
+        if name not in state:
+            visit(name)
+    return found

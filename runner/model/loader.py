@@ -33,6 +33,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from headwater.runner.errors import PipelineErrors
 from headwater.runner.model import checks
 from headwater.runner.model.build import build
+from headwater.runner.model.matching import triggered_by
 from headwater.runner.model.pipeline import (
     Pipeline,
 )
@@ -57,6 +58,7 @@ class _Loaded:
     problems: list[_Problem] = field(default_factory=list)
     name: str | None = None
     name_line: int = 1
+    trigger_lines: list[int] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         ordered = sorted(dict.fromkeys(self.problems), key=lambda problem: problem.line)
@@ -80,6 +82,7 @@ def load_pipelines(paths: Iterable[PathLike]) -> list[Pipeline]:
     pipelines: list[Pipeline] = []
     problems: list[str] = []
     first_file: dict[str, str] = {}
+    files: dict[str, _Loaded] = {}
     for path, shown in _expand(paths):
         loaded = _load_file(path, shown)
         if loaded.name is not None:
@@ -91,9 +94,34 @@ def load_pipelines(paths: Iterable[PathLike]) -> list[Pipeline]:
         problems += loaded.lines()
         if loaded.pipeline is not None:
             pipelines.append(loaded.pipeline)
+            files[loaded.pipeline.name] = loaded
+    problems += _cycle_problems(pipelines, files)
     if problems:
         raise PipelineErrors(problems)
     return pipelines
+
+
+def _cycle_problems(pipelines: list[Pipeline], files: dict[str, _Loaded]) -> list[str]:
+    """Pipelines triggered by each other's completions in a cycle (each cycle once, at
+    the trigger that closes it): such runs would start each other without end."""
+    edges: dict[str, list[tuple[str, int]]] = {p.name: [] for p in pipelines}
+    for pipeline in pipelines:
+        for position, trigger in enumerate(pipeline.triggers):
+            for upstream in edges:
+                if triggered_by(trigger, upstream):
+                    edges[pipeline.name].append((upstream, position))
+    out: list[str] = []
+    for cycle, position in checks.graph_cycles(edges):
+        loaded = files[cycle[0]]
+        lines = loaded.trigger_lines
+        line = lines[position] if position < len(lines) else loaded.name_line
+        path = " -> ".join(f'"{name}"' for name in reversed(cycle))
+        message = (
+            f"a cycle of pipelines, each triggered by the completion of the one before: {path}"
+            " (name the upstream pipeline in subject, or exclude one with data.pipeline: {ne: ...})"
+        )
+        out.append(f"{loaded.shown}:{line}: triggers.{position}: {message}")
+    return out
 
 
 def validate_paths(paths: Iterable[PathLike]) -> list[str]:
@@ -143,6 +171,9 @@ def _load_file(path: Path, shown: str) -> _Loaded:
     loaded.problems = _problems(root, data)
     if isinstance(data, dict) and isinstance(data.get("name"), str):
         loaded.name, loaded.name_line = data["name"], _line_of(root, ("name",))
+    triggers = data.get("triggers") if isinstance(data, dict) else None
+    if isinstance(triggers, list):
+        loaded.trigger_lines = [_line_of(root, ("triggers", i)) for i in range(len(triggers))]
     if not loaded.problems:
         loaded.pipeline = build(data, shown)
     return loaded
@@ -154,6 +185,7 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     if isinstance(data, dict):
         found += checks.pipeline_problems(data)
         found += checks.service_problems(data)
+        found += checks.schedule_problems(data)
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(tasks, dict):
         found += checks.needs_problems(tasks)

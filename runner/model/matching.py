@@ -77,6 +77,29 @@ def trigger_matches(trigger: Trigger, event: CloudEvent) -> bool:
     )
 
 
+#: The types of the completion events the control processor publishes (``runs.completion``).
+COMPLETION_TYPES = ("headwater.run.succeeded", "headwater.run.failed")
+COMPLETION_SOURCE_PREFIX = "/headwater/pipelines/"
+
+
+def completion_trigger(trigger: Trigger) -> bool:
+    """Whether ``trigger`` can match a pipeline's completion event."""
+    return any(_text_test(trigger.type)(kind) for kind in COMPLETION_TYPES)
+
+
+def triggered_by(trigger: Trigger, upstream: str) -> bool:
+    """Whether ``trigger`` can match a completion of pipeline ``upstream``: by its type,
+    subject, source and its conditions on ``data.pipeline`` (the others depend on the
+    run, so a cycle only they would break is still one)."""
+    named = {"pipeline": upstream}
+    return (
+        completion_trigger(trigger)
+        and _text_test(trigger.subject)(upstream)
+        and _text_test(trigger.source)(COMPLETION_SOURCE_PREFIX + upstream)
+        and all(condition_holds(c, named) for c in trigger.conditions if c.path == ("pipeline",))
+    )
+
+
 class Match(NamedTuple):
     pipeline: Pipeline
     position: int  # of the trigger in the pipeline's ``triggers``

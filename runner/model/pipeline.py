@@ -14,6 +14,7 @@ from typing import Any, Literal
 from headwater.runner.durations import parse_duration as parse_duration
 from headwater.runner.flow.backoff import Backoff as Backoff
 from headwater.runner.flow.breaker import BreakerSpec as BreakerSpec
+from headwater.runner.flow.schedule import ScheduleSpec as ScheduleSpec
 
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists")
 Comparison = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "glob", "exists"]
@@ -115,6 +116,8 @@ class Pipeline:
     throttle: Throttle | None = None
     #: seconds from a run's trigger to its end, waiting included; then it fails
     timeout: float | None = None
+    #: ``schedule:``: runs at the ticks of a cron expression or a period (``runs.schedules``)
+    schedule: ScheduleSpec | None = None
 
     @property
     def flow_key(self) -> str | Literal[False] | None:

@@ -4,7 +4,8 @@ The ``runs`` topic has as many partitions as ``control``, and a run's (or window
 record is written to the partition of the control partition that owns it, so restoring
 one control partition reads one changelog partition. Keys are the run id, or
 ``window:`` + the window key, or ``closed:`` + the run id of a closed window (its event
-ids, for the dedup retention); run ids are UUIDs, so they never clash. A ``None`` value is
+ids, for the dedup retention), or ``schedule:`` + [pipeline, schedule id] (the ticks it
+considered; ``runs.schedules``); run ids are UUIDs, so they never clash. A ``None`` value is
 a tombstone (a closed window, an expired marker, expired ids). What must hold: folding
 the records in order gives back the table the last committed transaction left.
 
@@ -22,9 +23,10 @@ from typing import Any
 import orjson
 
 from headwater.runner.errors import BadMessage
+from headwater.runner.flow.schedule import ScheduleState
 from headwater.runner.log.reader import offsets, read_partition
 from headwater.runner.runs.machine import Run
-from headwater.runner.runs.store import CLOSED_PREFIX, WINDOW_PREFIX, Store
+from headwater.runner.runs.store import CLOSED_PREFIX, SCHEDULE_PREFIX, WINDOW_PREFIX, Store
 from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import Settings
 
@@ -40,6 +42,13 @@ def run_record(run: Run) -> tuple[bytes, bytes]:
 def window_record(key: str, window: Window | None) -> tuple[bytes, bytes | None]:
     value = None if window is None else orjson.dumps(window.to_json())
     return (WINDOW_PREFIX + key).encode(), value
+
+
+def schedule_record(
+    pipeline: str, schedule: str, state: ScheduleState
+) -> tuple[bytes, bytes | None]:
+    key = SCHEDULE_PREFIX + orjson.dumps([pipeline, schedule]).decode()
+    return key.encode(), orjson.dumps(state.to_json())
 
 
 def closed_record(closed: Closed | None, run_id: str) -> tuple[bytes, bytes | None]:

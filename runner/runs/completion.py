@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from headwater.runner.envelope import CloudEvent, epoch_iso
+from headwater.runner.model.matching import COMPLETION_SOURCE_PREFIX
 from headwater.runner.runs.machine import Run, TaskRecord
 
-SOURCE_PREFIX = "/headwater/pipelines/"
+SOURCE_PREFIX = COMPLETION_SOURCE_PREFIX
 
 
 def completion_event(run: Run) -> CloudEvent:

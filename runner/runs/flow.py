@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from headwater.runner.flow.schedule import is_tick
 from headwater.runner.model.matching import MISSING, lookup
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.runs.machine import Run
@@ -71,20 +72,38 @@ def key_of(event: dict[str, Any], key: str | None) -> str | None:
 
 
 def group_of(pipeline: Pipeline, event: dict[str, Any]) -> Group | None:
-    """The group a run of ``pipeline`` for ``event`` belongs to (``None``: no limits)."""
+    """The group a run of ``pipeline`` for ``event`` belongs to (``None``: no limits).
+    A schedule's runs form one group, that of no key (the partition of its schedule)."""
     key = pipeline.flow_key
     if key is False:
         return None
+    if is_tick(event):
+        return pipeline.name, None
     return pipeline.name, key_of(event, key)
+
+
+def schedule_key(pipeline: str) -> bytes:
+    """The Kafka key of a schedule's ``ScheduleDue`` messages and of its runs' control
+    messages: the same as its pipeline's group of no key, so the schedule, its runs and
+    that group live in one control partition."""
+    return orjson.dumps([pipeline, None])
 
 
 def control_key(pipeline: Pipeline, event: dict[str, Any], run_id: str) -> bytes:
     """The Kafka key of a run's control messages: its group's, so a group is owned by
-    one control partition, or its run id (runs spread over the partitions)."""
+    one control partition, its schedule's for a tick's run, or its run id (runs spread
+    over the partitions)."""
+    if is_tick(event):
+        return schedule_key(pipeline.name)
     group = group_of(pipeline, event)
     if group is None:
         return run_id.encode()
     return orjson.dumps(group)
+
+
+def keyed_apart(pipeline: Pipeline, event: dict[str, Any]) -> bool:
+    """Whether a run's control messages are keyed otherwise than by its run id."""
+    return pipeline.flow_key is not False or is_tick(event)
 
 
 def starts_record(group: Group, starts: Iterable[float] | None) -> tuple[bytes, bytes | None]:

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import orjson
 
 from headwater.runner.errors import BadMessage, HeadwaterError
+from headwater.runner.flow.schedule import ScheduleState
 from headwater.runner.runs.machine import Run
 from headwater.runner.runs.windows import Closed, Window
 
@@ -63,6 +64,7 @@ MEMTABLE_BYTES = 24 * 1024 * 1024
 WINDOW_PREFIX = "window:"
 CLOSED_PREFIX = "closed:"
 FLOW_PREFIX = "flow:"  # + JSON [pipeline, key]: a throttle key's recent starts
+SCHEDULE_PREFIX = "schedule:"  # + JSON [pipeline, schedule id]: a schedule's state
 _MS = struct.Struct(">Q")
 
 
@@ -283,6 +285,11 @@ class Store:
         for key, value in self._kv.scan(b"f", b"g"):
             yield _read_starts(key[1:], value)
 
+    def schedules(self) -> Iterator[tuple[tuple[str, str], ScheduleState]]:
+        """Each schedule's state, by (pipeline, schedule id)."""
+        for key, value in self._kv.scan(b"c", b"d"):
+            yield _read_schedule(key[1:], value)
+
     def windows(self) -> Iterator[tuple[str, Window]]:
         for key, value in self._kv.scan(b"w", b"x"):
             yield key[1:].decode(), Window.from_json(orjson.loads(value))
@@ -360,6 +367,12 @@ class Batch:
                 _read_starts(group, value)  # it must read back
             out[b"f" + group] = value
             return out
+        if name.startswith(SCHEDULE_PREFIX):
+            schedule = name[len(SCHEDULE_PREFIX) :].encode()
+            if value is not None:
+                _read_schedule(schedule, value)  # it must read back
+            out[b"c" + schedule] = value
+            return out
         if name.startswith(CLOSED_PREFIX):
             run_id = name[len(CLOSED_PREFIX) :].encode()
             if value is None:  # (a closed window's record is never rewritten otherwise)
@@ -430,6 +443,16 @@ def _read_starts(group: bytes, value: bytes) -> tuple[tuple[str, str | None], li
     if not isinstance(starts, list) or not all(isinstance(t, int | float) for t in starts):
         raise ValueError("its starts are not a list of times")
     return (pipeline, key), [float(t) for t in starts]
+
+
+def _read_schedule(key: bytes, value: bytes) -> tuple[tuple[str, str], ScheduleState]:
+    pipeline, schedule = orjson.loads(key)
+    if not isinstance(pipeline, str) or not isinstance(schedule, str):
+        raise ValueError("its key is not [pipeline, schedule id]")
+    obj = orjson.loads(value)
+    if not isinstance(obj, dict):
+        raise ValueError("its value is not an object")
+    return (pipeline, schedule), ScheduleState.from_json(obj)
 
 
 def _check_marker(pipeline: Any, status: Any, created_at: Any, finished_at: Any) -> None:

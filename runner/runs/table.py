@@ -23,6 +23,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from headwater.runner.envelope import epoch_iso
+from headwater.runner.flow.schedule import (
+    Fire,
+    ScheduleState,
+    decide,
+    is_tick,
+    started,
+    tick_event,
+    unbuffer,
+)
 from headwater.runner.log.records import (
     HOLD_NOTICE_EVERY,
     Control,
@@ -34,13 +44,21 @@ from headwater.runner.log.records import (
     RouteHeld,
     RunDue,
     RunRequested,
+    ScheduleDue,
     TaskFinished,
     WindowDue,
     encode_task_request,
 )
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.runs import changelog, windows
-from headwater.runner.runs.flow import Flows, Group, control_key, group_of, starts_record
+from headwater.runner.runs.flow import (
+    Flows,
+    Group,
+    control_key,
+    group_of,
+    keyed_apart,
+    starts_record,
+)
 from headwater.runner.runs.machine import (
     Dispatch,
     Effect,
@@ -52,6 +70,7 @@ from headwater.runner.runs.machine import (
     drift,
     fail,
     new_run,
+    run_id_for,
     step,
 )
 from headwater.runner.runs.store import MemoryKV, Store
@@ -62,6 +81,10 @@ LOST_GRACE = 60.0  # seconds at most, on top of twice a task's timeout
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired markers (less for short retentions)
 SWEEP_LIMIT = 5_000  # markers and closed windows expired per sweep (one transaction)
 SWEEP_AGAIN = 1.0  # seconds to the next sweep when one reached its limit
+#: A ``ScheduleDue`` whose time is further ahead of this processor's clock is refused.
+SCHEDULE_AHEAD = 300.0
+#: Ticks that did not run, named one by one in the log per look (the rest counted).
+PASSED_SAID = 3
 
 
 def memory_store() -> Store:
@@ -83,12 +106,16 @@ class Partition:
     batched: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: concurrency slots, throttle starts and waiting runs (``runs.flow``)
     flows: Flows = field(default_factory=Flows)
+    #: the state of each schedule this partition owns, by (pipeline, schedule id)
+    schedules: dict[tuple[str, str], ScheduleState] = field(default_factory=dict)
 
     @classmethod
     def load(cls, store: Store) -> Partition:
         """What is live in ``store``, in memory."""
         runs = {run.run_id: run for run in store.running()}
-        return cls(store, runs, dict(store.windows()))
+        partition = cls(store, runs, dict(store.windows()))
+        partition.schedules = dict(store.schedules())
+        return partition
 
     def run(self, run_id: str) -> Run | None:
         """The run, or the marker of a finished one."""
@@ -160,6 +187,10 @@ class Changes:
     notes: list[Note] = field(default_factory=list)
     #: throttle keys' recent starts (``None``: none left), by group
     starts: dict[Group, tuple[int, list[float] | None]] = field(default_factory=dict)
+    #: schedules' states, by (pipeline, schedule id)
+    schedules: dict[tuple[str, str], tuple[int, ScheduleState]] = field(default_factory=dict)
+    #: lines for the log, once committed (ticks that did not run)
+    said: list[str] = field(default_factory=list)
 
     def changelog(self) -> dict[int, list[Record]]:
         """The changelog records of what changed, per partition, in the order they are
@@ -182,6 +213,9 @@ class Changes:
             out.setdefault(partition, []).append((tombstone, None, None))
         for group, (partition, starts) in self.starts.items():
             out.setdefault(partition, []).append((*starts_record(group, starts), None))
+        for (name, schedule), (partition, state) in self.schedules.items():
+            record = changelog.schedule_record(name, schedule, state)
+            out.setdefault(partition, []).append((*record, None))
         return out
 
 
@@ -256,6 +290,11 @@ class RunTable:
             spec = pipeline.batch_of(window.trigger) if pipeline else None
             if spec is not None:
                 yield WindowDue(window.window, window.opened_at), window.deadline(spec)
+        for name, schedule in restored.schedules:
+            pipeline = self._pipelines.get(name)
+            if pipeline is not None and pipeline.schedule and pipeline.schedule.id == schedule:
+                # ticks missed while nobody owned it: caught up now, not at the next tick
+                yield ScheduleDue(name, schedule, self._clock()), self._clock()
         yield MarkersDue(partition), self._clock() + self.sweep_every()
 
     def _lost_after(self, timeout: float | None) -> float:
@@ -288,7 +327,11 @@ class RunTable:
             return None
         if isinstance(message, EventsBatched | WindowDue):
             return self._apply_window(message, partition, table, changes)
-        if isinstance(message, FlowDue):
+        if isinstance(message, ScheduleDue):
+            problem = self._apply_schedule(message, partition, table, changes)
+            if problem is not None:
+                return problem
+        elif isinstance(message, FlowDue):
             self._release((message.pipeline, message.key), partition, table, changes)
         elif isinstance(message, RunDue):
             self._time_out(message.run_id, partition, table, changes)
@@ -429,7 +472,7 @@ class RunTable:
             match effect:
                 case Dispatch(task=task_name, attempt=attempt):
                     key = None  # the result's Kafka key: its run id, or its group's
-                    if pipeline.flow_key is not False:
+                    if keyed_apart(pipeline, run.event):
                         key = control_key(pipeline, run.event, run.run_id).decode()
                     value = encode_task_request(
                         run.run_id,
@@ -465,6 +508,8 @@ class RunTable:
         group = group_of(pipeline, run.event) if pipeline is not None else None
         if group is not None and table.flows.waiting(group):
             self._release(group, partition, table, changes)
+        if pipeline is not None and pipeline.schedule is not None and is_tick(run.event):
+            self._unbuffer(run, pipeline, partition, table, changes)
 
     def _release(self, group: Group, partition: int, table: Partition, changes: Changes) -> None:
         """Start the waiting runs of ``group`` that its limits let start now, in order; arm
@@ -498,6 +543,73 @@ class RunTable:
             flows.start(run, pipeline, now)
             changes.runs[run.run_id] = (partition, run)
             self._begin(run, pipeline, partition, table, changes)
+
+    # --- schedules -----------------------------------------------------------------------
+
+    def _apply_schedule(
+        self, message: ScheduleDue, partition: int, table: Partition, changes: Changes
+    ) -> str | None:
+        """Start the runs of the ticks due by ``message.at`` (``flow.schedule.decide``)."""
+        pipeline = self._pipelines.get(message.pipeline)
+        spec = pipeline.schedule if pipeline is not None else None
+        if pipeline is None or spec is None or spec.id != message.schedule:
+            return None  # removed or edited since: the current schedule's looks count
+        now = self._clock()
+        if message.at > now + SCHEDULE_AHEAD:
+            ahead = message.at - now
+            return (
+                f"schedule.due for {ahead:.0f}s ahead of this processor's clock "
+                "(its writer's clock is wrong)"
+            )
+        key = (pipeline.name, spec.id)
+        state = table.schedules.get(key)
+        current = table.runs.get(state.current) if state and state.current else None
+        running = current is not None and current.status == "running"
+        decision = decide(spec, pipeline.name, state, message.at, running)
+        state = decision.state
+        for fire in decision.fire:
+            state = self._fire(fire, pipeline, state, partition, table, changes)
+        table.schedules[key] = state
+        changes.schedules[key] = (partition, state)
+        if decision.passed:
+            said = ", ".join(f"{epoch_iso(t)} ({why})" for t, why in decision.passed[:PASSED_SAID])
+            more = len(decision.passed) - PASSED_SAID
+            tail = f" and {more} more" if more > 0 else ""
+            changes.said.append(f"schedule of {pipeline.name!r}: ticks not run: {said}{tail}")
+        if decision.more:  # a long catch-up: the next runs at once, in their own batch
+            changes.timers.append((partition, message, now))
+        return None
+
+    def _fire(
+        self,
+        fire: Fire,
+        pipeline: Pipeline,
+        state: ScheduleState,
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> ScheduleState:
+        """A tick's run starts (here: its partition is its schedule's)."""
+        assert pipeline.schedule is not None
+        event = tick_event(pipeline.schedule, pipeline.name, fire, self._clock())
+        run_id = run_id_for(pipeline.name, event["id"], event["source"])
+        self._apply_run(RunRequested(run_id, pipeline.name, event), partition, table, changes)
+        return started(state, run_id)
+
+    def _unbuffer(
+        self, run: Run, pipeline: Pipeline, partition: int, table: Partition, changes: Changes
+    ) -> None:
+        """The latest tick's run ended: a tick buffered behind it starts."""
+        assert pipeline.schedule is not None
+        key = (pipeline.name, pipeline.schedule.id)
+        state = table.schedules.get(key)
+        if state is None or state.current != run.run_id:
+            return
+        state, fire = unbuffer(state)
+        if fire is not None:
+            state = self._fire(fire, pipeline, state, partition, table, changes)
+        table.schedules[key] = state
+        changes.schedules[key] = (partition, state)
 
     def _time_out(self, run_id: str, partition: int, table: Partition, changes: Changes) -> None:
         """The pipeline's ``timeout`` of ``run_id`` passed: it fails, waiting or not."""

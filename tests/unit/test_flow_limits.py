@@ -157,9 +157,7 @@ def test_a_key_value_is_small_text_or_none(value: object) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["req", "fin"]), st.integers(0, 3)), min_size=1, max_size=60
-    )
+    st.lists(st.tuples(st.sampled_from(["req", "fin"]), st.integers(0, 3)), min_size=1, max_size=60)
 )
 def test_never_more_than_the_limit_per_key_and_order_kept(ops: list[tuple[str, int]]) -> None:
     h = Harness(pipeline(concurrency=Concurrency(2, "data.customer")))

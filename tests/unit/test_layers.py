@@ -21,7 +21,7 @@ FOLDERS = {"headwater.runner": ROOT / "runner", "headwater.bridges": ROOT / "bri
 
 BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow"})
 LOOPS = frozenset(
-    {"router", "control", "worker", "supervise", "tasks", "probes", "backpressure"}
+    {"router", "control", "worker", "supervise", "tasks", "probes", "backpressure", "scheduler"}
 )
 #: What each layer may import (its own layer included).
 ALLOWED: dict[str, frozenset[str]] = {
