@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from itertools import pairwise
@@ -267,3 +268,27 @@ async def _publish(topic: str, rate: float, seconds: float) -> dict[str, float]:
         raise RuntimeError(f"the publisher exited with status {process.returncode} (see the log)")
     report: dict[str, float] = orjson.loads(out)
     return report
+
+
+async def _main(rate: int, processes: int, seconds: float) -> None:
+    from bench.kafkatools import delete_topics
+    from bench.run import _latency_row, settings_for
+
+    prefix = f"lat{uuid.uuid4().hex[:8]}."
+    settings = settings_for(prefix)
+    try:
+        row = _latency_row(await latency(settings, rate, seconds, 60.0, processes))
+    finally:
+        await delete_topics(settings, prefix)
+    print(f"{row.name}: {row.value} {row.unit}; {row.note}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="one latency row of make bench")
+    parser.add_argument("rate", type=int, help="offered events/s")
+    parser.add_argument("--processes", type=int, default=0, help="runner processes (0: here)")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    asyncio.run(_main(args.rate, args.processes, args.seconds))

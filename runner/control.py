@@ -47,12 +47,20 @@ from headwater.runner.log.records import (
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe import hooks
 from headwater.runner.observe.hooks import RunObserver
+from headwater.runner.observe.status import status_event
 from headwater.runner.runs import changelog
 from headwater.runner.runs.completion import completion_event
 from headwater.runner.runs.flow import control_key
 from headwater.runner.runs.standby import Standby
 from headwater.runner.runs.store import open_store
-from headwater.runner.runs.table import Changes, Completed, Dispatched, Partition, RunTable
+from headwater.runner.runs.table import (
+    Changes,
+    Completed,
+    Dispatched,
+    Partition,
+    Reported,
+    RunTable,
+)
 from headwater.runner.runs.timers import Timers
 from headwater.runner.settings import Settings
 
@@ -194,6 +202,10 @@ class ControlProcessor:
                     await writer.add(
                         topics.completions, value, key=run.pipeline.encode(), headers=headers
                     )
+                case Reported(change=change):
+                    instance = self._settings.instance
+                    headers, value = to_kafka(status_event(change, instance, "control"))
+                    await writer.add(topics.status, value, headers=headers)
                 case RunRequested(run_id=run_id, pipeline=name, event=event):
                     pipeline = self._pipelines.get(name)  # a window's run: its group's key
                     key = (

@@ -35,6 +35,7 @@ import orjson
 
 from headwater.runner.errors import TaskFailed, retriable
 from headwater.runner.model.pipeline import Task
+from headwater.runner.runs.joins import JOIN_TYPE
 from headwater.runner.runs.windows import BATCH_TYPE
 from headwater.runner.settings import MAX_OUTPUT_BYTES, TASK_TIMEOUT
 
@@ -63,9 +64,9 @@ class TaskContext:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """The events this run is for: a batching trigger's window, in order, or the
-        trigger event alone."""
-        if self.event.get("type") == BATCH_TYPE:
+        """The events this run is for: a batching trigger's window or a join's events, in
+        order, or the trigger event alone."""
+        if self.event.get("type") in (BATCH_TYPE, JOIN_TYPE):
             return list(self.event["data"]["events"])
         return [self.event]
 

@@ -8,13 +8,13 @@ events are gathered per window and written as one ``events.batched`` message per
 (split when large), keyed by the window. A record that is not a CloudEvent goes to the
 DLQ with the reason; the stream goes on.
 
-A fetched batch that feeds a batching window commits its writes and its consumer offsets
-in one Kafka transaction, so a re-read event (after a crash or a rebalance) is never
+A fetched batch that feeds a batching window or a join commits its writes and its consumer
+offsets in one Kafka transaction, so a re-read event (after a crash or a rebalance) is never
 written twice and a window counts each event once; the transactional id is stable per
 instance, so a restarted router fences the transaction its dead predecessor left open. A
 batch of per-event run requests only is written, acknowledged, then committed: a re-read
-makes the same run ids, which the run table deduplicates, and it skips a transaction's
-round trips.
+makes the same run ids, which the run table deduplicates, and it skips a transaction's round
+trips.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from headwater.runner.flow.pressure import PENDING_RUNS, Valve
 from headwater.runner.log import kafka
 from headwater.runner.log.records import (
     EventsBatched,
+    EventsJoined,
     RunRequested,
     dlq_record,
     encode_control,
@@ -40,6 +41,7 @@ from headwater.runner.log.records import (
 from headwater.runner.model.matching import Match, TriggerIndex, completion_trigger
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.runs.flow import control_key, keyed_apart
+from headwater.runner.runs.joins import join_key
 from headwater.runner.runs.machine import run_id_for
 from headwater.runner.runs.windows import MAX_BYTES, key_value, window_key
 from headwater.runner.settings import Settings
@@ -106,9 +108,9 @@ class EventRouter:
         writer = writers[1]
         async with txn.transaction():  # a batching window must count each event once
             await self._add_all(writer, writes)
-            for message in windows.messages():
+            for key, message in windows.messages():
                 value = encode_control(message)
-                await writer.add(self._topics.control, value, key=message.window.encode())
+                await writer.add(self._topics.control, value, key=key.encode())
             # Every write acknowledged before the transaction commits: a refused one
             # aborts it, with the offsets.
             group, within = self._topics.group("router"), self._settings.kafka.write_timeout
@@ -142,7 +144,14 @@ class EventRouter:
                     writes.append((self._topics.dlq, value, None, None))
                     continue
                 for match in self._index.matches(event):
-                    if match.trigger.batch is None:
+                    if match.pipeline.joins(match.trigger.id):
+                        size = kafka.record_size(None, record.value, headers)
+                        missing = windows.join(match, event, size)
+                        if missing is not None:
+                            origin = record_origin(record, pipeline=match.pipeline.name)
+                            value = dlq_record(missing, origin, record.value, record.headers)
+                            writes.append((self._topics.dlq, value, None, None))
+                    elif match.trigger.batch is None:
                         writes.append(self._run_request(match.pipeline, event))
                     else:
                         windows.add(match, event, kafka.record_size(None, record.value, headers))
@@ -173,12 +182,30 @@ class _Gathered:
 
 
 class _Windows:
-    """The events of one fetched batch, gathered per batching window. A window's events
-    are split into messages of at most about ``MAX_BYTES / 2``, so each fits in a Kafka
-    message with room to spare."""
+    """The events of one fetched batch, gathered per batching window (and per join and
+    trigger). A window's events are split into messages of at most about
+    ``MAX_BYTES / 2``, so each fits in a Kafka message with room to spare."""
 
     def __init__(self) -> None:
         self._gathered: dict[str, _Gathered] = {}
+        self._joined: dict[tuple[str, str], _Gathered] = {}
+
+    def join(self, match: Match, event: CloudEvent, size: int) -> str | None:
+        """Gather an event of a join's trigger; returns why it cannot join, if so."""
+        spec = match.pipeline.join
+        assert spec is not None
+        key = key_value(event, spec.key)
+        if key is None:
+            return (
+                f"pipeline {match.pipeline.name!r} joins its trigger {match.trigger.id!r} "
+                f"on {spec.key}, which this event does not have"
+            )
+        joined = join_key(match.pipeline.name, spec.id, key)
+        gathered = self._joined.get((joined, match.trigger.id))
+        if gathered is None:
+            gathered = self._joined[(joined, match.trigger.id)] = _Gathered(match, key)
+        _gather(gathered, event, size)
+        return None
 
     def add(self, match: Match, event: CloudEvent, size: int) -> None:
         assert match.trigger.batch is not None
@@ -187,20 +214,31 @@ class _Windows:
         gathered = self._gathered.get(window)
         if gathered is None:
             gathered = self._gathered[window] = _Gathered(match, key)
-        if gathered.chunks[-1] and gathered.chunk_size + size > MAX_BYTES // 2:
-            gathered.chunks.append([])
-            gathered.chunk_size = 0
-        gathered.chunks[-1].append(event.to_dict())
-        gathered.chunk_size += size
+        _gather(gathered, event, size)
 
     def empty(self) -> bool:
-        return not self._gathered
+        return not self._gathered and not self._joined
 
     def count(self) -> int:
-        return sum(len(gathered.chunks) for gathered in self._gathered.values())
+        everything = [*self._gathered.values(), *self._joined.values()]
+        return sum(len(gathered.chunks) for gathered in everything)
 
-    def messages(self) -> Iterable[EventsBatched]:
+    def messages(self) -> Iterable[tuple[str, EventsBatched | EventsJoined]]:
+        """Each message with its Kafka key (its window's, or its join's)."""
         for window, gathered in self._gathered.items():
             name, trigger = gathered.match.pipeline.name, gathered.match.trigger.id
             for events in gathered.chunks:
-                yield EventsBatched(window, name, trigger, gathered.key, events)
+                yield window, EventsBatched(window, name, trigger, gathered.key, events)
+        for (joined, trigger), gathered in self._joined.items():
+            name, key = gathered.match.pipeline.name, gathered.key
+            assert key is not None
+            for events in gathered.chunks:
+                yield joined, EventsJoined(joined, name, trigger, key, events)
+
+
+def _gather(gathered: _Gathered, event: CloudEvent, size: int) -> None:
+    if gathered.chunks[-1] and gathered.chunk_size + size > MAX_BYTES // 2:
+        gathered.chunks.append([])
+        gathered.chunk_size = 0
+    gathered.chunks[-1].append(event.to_dict())
+    gathered.chunk_size += size

@@ -74,6 +74,9 @@ MAX_UNCOMMITTED = 50_000
 RUNNING, UNCOMMITTED = "requests running or held", "requests waiting for their commit"
 #: Seconds a newly assigned partition's previous progress may take to read.
 DONE_EARLIER_WITHIN = 10.0
+#: A busy worker pauses and resumes at its bounds many times a second: only a pause that
+#: lasts this long is reported (log, ``hw.status``), with its resume.
+FULL_SAID_AFTER = 5.0
 #: On stop, how long running tasks may still finish and report before they are
 #: abandoned (their requests are executed again by the partition's next owner).
 STOP_DRAIN_S = 10.0
@@ -103,6 +106,7 @@ class Worker:
             f"worker {route}",
             settings.topics.tasks(route),
             {RUNNING: MAX_RUNNING, UNCOMMITTED: MAX_UNCOMMITTED},
+            report_after=FULL_SAID_AFTER,
             route=route,
         )
         self._outcome = asyncio.Event()  # set (and replaced) on each outcome: wakes holders

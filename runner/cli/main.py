@@ -1,4 +1,5 @@
-"""The ``headwater`` command line: ``dev``, ``validate``, ``publish``, ``status``.
+"""The ``headwater`` command line: ``dev``, ``validate``, ``publish``, ``status``,
+``replay``, ``backfill``.
 
 ``dev`` runs bridges, router, control processor and an in-process worker in one process
 against the configured Kafka (``HEADWATER_KAFKA``, default the local one) and prints each
@@ -23,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from headwater.bridges import sources
 from headwater.bridges.base import Source
+from headwater.runner.cli import replay
 from headwater.runner.engine import serve
 from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(command=_status)
+    replay.add_commands(commands)
     return parser
 
 

@@ -10,12 +10,15 @@ What must hold: a valve starts open; readings it is not given keep their last va
 failed look at Kafka changes nothing); work the consumer adds itself counts at once
 (``add``); every transition is reported exactly once, in order, by ``changes()``:
 ``flow.paused`` naming the readings over their bounds, with every reading and bound, and
-``flow.resumed`` with the readings that let it open.
+``flow.resumed`` with the readings that let it open. A valve whose closing is part of
+normal work (a busy worker at its in-flight bound) reports only a pause that lasted
+``report_after`` seconds, and then its resume: a pause shorter than that says nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from headwater.runner.flow.gate import Change
@@ -49,6 +52,9 @@ class Valve:
         topic: str,
         bounds: Mapping[str, int],
         resume_share: float = RESUME_SHARE,
+        *,
+        report_after: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
         **data: str,
     ) -> None:
         self.scope = scope
@@ -56,9 +62,14 @@ class Valve:
         self._bounds = dict(bounds)
         self._values = dict.fromkeys(self._bounds, 0)
         self._resume_share = resume_share
+        self._report_after = report_after
+        self._clock = clock
         self._data = data
         self._open = True
         self._changes: list[Change] = []
+        #: the pause not reported yet (``report_after``), with when it began
+        self._held: tuple[float, Change] | None = None
+        self._reported = True
 
     @property
     def is_open(self) -> bool:
@@ -75,14 +86,27 @@ class Valve:
         if self._open and over:
             self._open = False
             reason = "; ".join(self._describe(name, ">") for name in over)
-            self._changes.append(Change("flow.paused", self.scope, self._payload(reason)))
+            paused = Change("flow.paused", self.scope, self._payload(reason))
+            if self._report_after > 0:
+                self._held, self._reported = (self._clock(), paused), False
+            else:
+                self._changes.append(paused)
         elif not self._open and all(
             value <= bounds[name] * self._resume_share for name, value in values.items()
         ):
             self._open = True
-            reason = "drained: " + "; ".join(self._describe(n, "<=") for n in values)
-            self._changes.append(Change("flow.resumed", self.scope, self._payload(reason)))
+            self._release()
+            if self._reported:
+                reason = "drained: " + "; ".join(self._describe(n, "<=") for n in values)
+                self._changes.append(Change("flow.resumed", self.scope, self._payload(reason)))
+            self._held, self._reported = None, True
         return self._open
+
+    def _release(self) -> None:
+        """Report the held pause once it has lasted ``report_after``."""
+        if self._held is not None and self._clock() - self._held[0] >= self._report_after:
+            self._changes.append(self._held[1])
+            self._held, self._reported = None, True
 
     def add(self, name: str, count: int) -> bool:
         """Work the consumer itself just passed on, before the next reading counts it
@@ -93,6 +117,8 @@ class Valve:
         return self.observe({name: self._values[name] + count})
 
     def changes(self) -> list[Change]:
+        if not self._open:
+            self._release()
         changes, self._changes = self._changes, []
         return changes
 

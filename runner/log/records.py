@@ -72,6 +72,26 @@ class EventsBatched:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsJoined:
+    """Events one trigger of a pipeline's ``join`` matched, in order, for one key value
+    (``join``: the join's key, as ``runs.joins.join_key``)."""
+
+    join: str
+    pipeline: str
+    trigger: str
+    key: str
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinDue:
+    """The time of the join that opened at ``opened_at`` is up."""
+
+    join: str
+    opened_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class WindowDue:
     """A timer armed for the window that opened at ``opened_at`` went off."""
 
@@ -131,11 +151,13 @@ Control = (
     | RunDue
     | FlowDue
     | ScheduleDue
+    | EventsJoined
+    | JoinDue
 )
 #: How much of a dead-lettered payload its DLQ entry keeps.
 DLQ_PAYLOAD_BYTES = 256 * 1024
 #: The control messages a timer of the control processor writes.
-Due = RetryDue | WindowDue | MarkersDue | RunDue | FlowDue | ScheduleDue
+Due = RetryDue | WindowDue | MarkersDue | RunDue | FlowDue | ScheduleDue | JoinDue
 _KINDS: dict[str, type[Control]] = {
     "run.requested": RunRequested,
     "task.finished": TaskFinished,
@@ -147,6 +169,8 @@ _KINDS: dict[str, type[Control]] = {
     "run.due": RunDue,
     "flow.due": FlowDue,
     "schedule.due": ScheduleDue,
+    "events.joined": EventsJoined,
+    "join.due": JoinDue,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}
@@ -184,6 +208,8 @@ def concerns(message: Control) -> dict[str, str]:
     """What a control message is about, for its DLQ entry: its window or its run."""
     if isinstance(message, EventsBatched | WindowDue):
         return {"window": message.window}
+    if isinstance(message, EventsJoined | JoinDue):
+        return {"join": message.join}
     if isinstance(message, MarkersDue):
         return {}
     if isinstance(message, RouteHeld):

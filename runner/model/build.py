@@ -22,6 +22,7 @@ from headwater.runner.model.pipeline import (
     Comparison,
     Concurrency,
     Condition,
+    JoinSpec,
     Pipeline,
     Task,
     Throttle,
@@ -76,7 +77,16 @@ def build(data: dict[str, Any], file: str) -> Pipeline:
         ),
         timeout=None if timeout is None else parse_duration(timeout),
         schedule=_schedule(data["schedule"]) if "schedule" in data else None,
+        join=_join(data["join"]) if "join" in data else None,
     )
+
+
+def _join(spec: dict[str, Any]) -> JoinSpec:
+    triggers = tuple(spec["all"] if "all" in spec else spec["of"])
+    needed = len(triggers) if "all" in spec else int(spec["any"])
+    identity = orjson.dumps([sorted(triggers), needed, spec["key"]])
+    join_id = "j-" + hashlib.sha256(identity).hexdigest()[:12]
+    return JoinSpec(triggers, needed, spec["key"], parse_duration(spec["within"]), join_id)
 
 
 def _schedule(spec: dict[str, Any]) -> ScheduleSpec:

@@ -155,6 +155,41 @@ def schedule_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
         yield (*at, "jitter"), "must be at most 1h"
 
 
+def join_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    """A join lists ``all`` or ``any`` + ``of``; each id names a trigger of the file (by
+    its ``id:``) that does not batch; ``any`` is at most the count listed; ``within`` is
+    a duration above 0."""
+    join = data.get("join")
+    if not isinstance(join, dict):
+        return
+    at: DocPath = ("join",)
+    listed = join.get("all") if "all" in join else join.get("of")
+    if ("all" in join) == ("of" in join) or ("any" in join) != ("of" in join):
+        yield at, "needs either all: [ids] or any: N with of: [ids]"
+    if isinstance(join.get("any"), int) and isinstance(listed, list) and join["any"] > len(listed):
+        yield (*at, "any"), f"must be at most the {len(listed)} triggers listed in of"
+    triggers = data.get("triggers")
+    ids: dict[str, dict[str, Any]] = {}
+    for trigger in triggers if isinstance(triggers, list) else ():
+        if isinstance(trigger, dict) and isinstance(trigger.get("id"), str):
+            ids[trigger["id"]] = trigger
+    name = "all" if "all" in join else "of"
+    for index, given in enumerate(listed if isinstance(listed, list) else ()):
+        if not isinstance(given, str):
+            continue
+        if given not in ids:
+            yield (*at, name, index), f'no trigger has id "{given}" (give it one with id:)'
+        elif "batch" in ids[given]:
+            yield (*at, name, index), f'trigger "{given}" batches: a joined trigger cannot'
+    within = join.get("within")
+    if isinstance(within, str | int | float) and not isinstance(within, bool):
+        try:
+            if parse_duration(within) <= 0:
+                yield (*at, "within"), "must be longer than 0"
+        except ValueError as exc:
+            yield (*at, "within"), str(exc)
+
+
 def _timezone(name: str) -> bool:
     try:
         ZoneInfo(name)

@@ -186,6 +186,7 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
         found += checks.pipeline_problems(data)
         found += checks.service_problems(data)
         found += checks.schedule_problems(data)
+        found += checks.join_problems(data)
     tasks = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(tasks, dict):
         found += checks.needs_problems(tasks)

@@ -62,6 +62,20 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinSpec:
+    """``join:``: one run once ``needed`` of ``triggers`` (trigger ids; all of them, or
+    ``any: N``) have matched an event with the same value of ``key`` within ``within``
+    seconds of the first. ``id`` names what decides the join (its triggers, key and
+    count), so changing ``within`` keeps the open joins."""
+
+    triggers: tuple[str, ...]
+    needed: int
+    key: str
+    within: float
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Concurrency:
     """At most ``limit`` running runs of the pipeline per value of ``key`` (an event
     field, as a batching key; ``None``: per pipeline). The excess waits, in order."""
@@ -116,8 +130,14 @@ class Pipeline:
     throttle: Throttle | None = None
     #: seconds from a run's trigger to its end, waiting included; then it fails
     timeout: float | None = None
-    #: ``schedule:``: runs at the ticks of a cron expression or a period (``runs.schedules``)
+    #: ``schedule:``: runs at the ticks of a cron expression or a period (``flow.schedule``)
     schedule: ScheduleSpec | None = None
+    #: ``join:``: its triggers listed there start runs together, by key (``runs.joins``)
+    join: JoinSpec | None = None
+
+    def joins(self, trigger: str) -> bool:
+        """Whether trigger ``trigger``'s events go to the join rather than start runs."""
+        return self.join is not None and trigger in self.join.triggers
 
     @property
     def flow_key(self) -> str | Literal[False] | None:

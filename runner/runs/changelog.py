@@ -2,12 +2,13 @@
 
 The ``runs`` topic has as many partitions as ``control``, and a run's (or window's)
 record is written to the partition of the control partition that owns it, so restoring
-one control partition reads one changelog partition. Keys are the run id, or
-``window:`` + the window key, or ``closed:`` + the run id of a closed window (its event
-ids, for the dedup retention), or ``schedule:`` + [pipeline, schedule id] (the ticks it
-considered; ``runs.schedules``); run ids are UUIDs, so they never clash. A ``None`` value is
-a tombstone (a closed window, an expired marker, expired ids). What must hold: folding
-the records in order gives back the table the last committed transaction left.
+one control partition reads one changelog partition. Keys are the run id, or ``window:`` +
+the window key, or ``closed:`` + the run id of a closed window (its event ids, for the dedup
+retention), or ``schedule:`` + [pipeline, schedule id] (the ticks it considered;
+``flow.schedule``), or ``join:`` + the join key (an open join); run ids are UUIDs, so they
+never clash. A ``None`` value is a tombstone (a closed window, an expired marker, expired
+ids). What must hold: folding the records in order gives back the table the last committed
+transaction left.
 
 The fold lives in the partition's local store (``store.Batch.fold``); a restore reads
 only the changelog after the offset the store checkpointed, or all of it when the store
@@ -25,8 +26,15 @@ import orjson
 from headwater.runner.errors import BadMessage
 from headwater.runner.flow.schedule import ScheduleState
 from headwater.runner.log.reader import offsets, read_partition
+from headwater.runner.runs.joins import Join
 from headwater.runner.runs.machine import Run
-from headwater.runner.runs.store import CLOSED_PREFIX, SCHEDULE_PREFIX, WINDOW_PREFIX, Store
+from headwater.runner.runs.store import (
+    CLOSED_PREFIX,
+    JOIN_PREFIX,
+    SCHEDULE_PREFIX,
+    WINDOW_PREFIX,
+    Store,
+)
 from headwater.runner.runs.windows import Closed, Window
 from headwater.runner.settings import Settings
 
@@ -42,6 +50,11 @@ def run_record(run: Run) -> tuple[bytes, bytes]:
 def window_record(key: str, window: Window | None) -> tuple[bytes, bytes | None]:
     value = None if window is None else orjson.dumps(window.to_json())
     return (WINDOW_PREFIX + key).encode(), value
+
+
+def join_record(key: str, join: Join | None) -> tuple[bytes, bytes | None]:
+    value = None if join is None else orjson.dumps(join.to_json())
+    return (JOIN_PREFIX + key).encode(), value
 
 
 def schedule_record(

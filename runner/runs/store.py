@@ -45,6 +45,7 @@ import orjson
 
 from headwater.runner.errors import BadMessage, HeadwaterError
 from headwater.runner.flow.schedule import ScheduleState
+from headwater.runner.runs.joins import Join
 from headwater.runner.runs.machine import Run
 from headwater.runner.runs.windows import Closed, Window
 
@@ -65,6 +66,7 @@ WINDOW_PREFIX = "window:"
 CLOSED_PREFIX = "closed:"
 FLOW_PREFIX = "flow:"  # + JSON [pipeline, key]: a throttle key's recent starts
 SCHEDULE_PREFIX = "schedule:"  # + JSON [pipeline, schedule id]: a schedule's state
+JOIN_PREFIX = "join:"  # + the join key: an open join
 _MS = struct.Struct(">Q")
 
 
@@ -290,6 +292,10 @@ class Store:
         for key, value in self._kv.scan(b"c", b"d"):
             yield _read_schedule(key[1:], value)
 
+    def joins(self) -> Iterator[tuple[str, Join]]:
+        for key, value in self._kv.scan(b"j", b"k"):
+            yield key[1:].decode(), Join.from_json(orjson.loads(value))
+
     def windows(self) -> Iterator[tuple[str, Window]]:
         for key, value in self._kv.scan(b"w", b"x"):
             yield key[1:].decode(), Window.from_json(orjson.loads(value))
@@ -336,7 +342,10 @@ class Batch:
         return self._kv.get(key)
 
     def fold(
-        self, key: bytes | None, value: bytes | None, decoded: Run | Window | Closed | None = None
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        decoded: Run | Window | Closed | Join | None = None,
     ) -> None:
         """Apply one changelog record (``decoded``: what its value encodes, when the caller
         has it, so it is not read back); ``BadMessage`` (nothing applied) for a record
@@ -349,7 +358,7 @@ class Batch:
         self._changes.update(changes)
 
     def _changes_of(
-        self, key: bytes | None, value: bytes | None, decoded: Run | Window | Closed | None
+        self, key: bytes | None, value: bytes | None, decoded: Run | Window | Closed | Join | None
     ) -> dict[bytes, bytes | None]:
         if key is None:
             raise ValueError("it has no key")
@@ -366,6 +375,12 @@ class Batch:
             if value is not None:
                 _read_starts(group, value)  # it must read back
             out[b"f" + group] = value
+            return out
+        if name.startswith(JOIN_PREFIX):
+            joined = b"j" + name[len(JOIN_PREFIX) :].encode()
+            if value is not None and decoded is None:
+                Join.from_json(orjson.loads(value))  # it must read back
+            out[joined] = value
             return out
         if name.startswith(SCHEDULE_PREFIX):
             schedule = name[len(SCHEDULE_PREFIX) :].encode()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from headwater.runner.envelope import epoch_iso
+from headwater.runner.flow.gate import Change
 from headwater.runner.flow.schedule import (
     Fire,
     ScheduleState,
@@ -38,7 +39,9 @@ from headwater.runner.log.records import (
     Control,
     Due,
     EventsBatched,
+    EventsJoined,
     FlowDue,
+    JoinDue,
     MarkersDue,
     RetryDue,
     RouteHeld,
@@ -50,7 +53,7 @@ from headwater.runner.log.records import (
     encode_task_request,
 )
 from headwater.runner.model.pipeline import Pipeline
-from headwater.runner.runs import changelog, windows
+from headwater.runner.runs import changelog, joins, windows
 from headwater.runner.runs.flow import (
     Flows,
     Group,
@@ -59,6 +62,7 @@ from headwater.runner.runs.flow import (
     keyed_apart,
     starts_record,
 )
+from headwater.runner.runs.joins import Join
 from headwater.runner.runs.machine import (
     Dispatch,
     Effect,
@@ -108,6 +112,8 @@ class Partition:
     flows: Flows = field(default_factory=Flows)
     #: the state of each schedule this partition owns, by (pipeline, schedule id)
     schedules: dict[tuple[str, str], ScheduleState] = field(default_factory=dict)
+    #: open joins, by join key
+    joins: dict[str, Join] = field(default_factory=dict)
 
     @classmethod
     def load(cls, store: Store) -> Partition:
@@ -115,6 +121,7 @@ class Partition:
         runs = {run.run_id: run for run in store.running()}
         partition = cls(store, runs, dict(store.windows()))
         partition.schedules = dict(store.schedules())
+        partition.joins = dict(store.joins())
         return partition
 
     def run(self, run_id: str) -> Run | None:
@@ -160,7 +167,14 @@ class Completed:
     run: Run
 
 
-Output = Dispatched | Completed | RunRequested  # RunRequested: a closed window's run
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A transition for ``hw.status`` (a join that expired), written in the transaction."""
+
+    change: Change
+
+
+Output = Dispatched | Completed | RunRequested | Reported  # RunRequested: a window's run
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +203,8 @@ class Changes:
     starts: dict[Group, tuple[int, list[float] | None]] = field(default_factory=dict)
     #: schedules' states, by (pipeline, schedule id)
     schedules: dict[tuple[str, str], tuple[int, ScheduleState]] = field(default_factory=dict)
+    #: open joins (``None``: closed or expired), by join key
+    joins: dict[str, tuple[int, Join | None]] = field(default_factory=dict)
     #: lines for the log, once committed (ticks that did not run)
     said: list[str] = field(default_factory=list)
 
@@ -203,6 +219,8 @@ class Changes:
             out.setdefault(partition, []).append((*changelog.run_record(kept), kept))
         for key, (partition, window) in self.windows.items():
             out.setdefault(partition, []).append((*changelog.window_record(key, window), window))
+        for key, (partition, join) in self.joins.items():
+            out.setdefault(partition, []).append((*changelog.join_record(key, join), join))
         for partition, closed in self.closed:
             record = changelog.closed_record(closed, closed.run_id)
             out.setdefault(partition, []).append((*record, closed))
@@ -220,7 +238,7 @@ class Changes:
 
 
 #: A changelog record: key, value (``None``: a tombstone) and what it encodes, if known.
-Record = tuple[bytes, bytes | None, Run | Window | Closed | None]
+Record = tuple[bytes, bytes | None, Run | Window | Closed | Join | None]
 
 
 class RunTable:
@@ -290,6 +308,10 @@ class RunTable:
             spec = pipeline.batch_of(window.trigger) if pipeline else None
             if spec is not None:
                 yield WindowDue(window.window, window.opened_at), window.deadline(spec)
+        for key, join in restored.joins.items():
+            joined = self._pipelines.get(join.pipeline)
+            within = joined.join.within if joined is not None and joined.join else 0.0
+            yield JoinDue(key, join.opened_at), join.opened_at + within
         for name, schedule in restored.schedules:
             pipeline = self._pipelines.get(name)
             if pipeline is not None and pipeline.schedule and pipeline.schedule.id == schedule:
@@ -327,6 +349,8 @@ class RunTable:
             return None
         if isinstance(message, EventsBatched | WindowDue):
             return self._apply_window(message, partition, table, changes)
+        if isinstance(message, EventsJoined | JoinDue):
+            return self._apply_join(message, partition, table, changes)
         if isinstance(message, ScheduleDue):
             problem = self._apply_schedule(message, partition, table, changes)
             if problem is not None:
@@ -406,6 +430,55 @@ class RunTable:
             table.keep_closed(closed_window)  # a later event of this batch sees it
             changes.closed.append((partition, closed_window))
         changes.outputs.extend(fold.runs)
+        return None
+
+    def _apply_join(
+        self,
+        message: EventsJoined | JoinDue,
+        partition: int,
+        table: Partition,
+        changes: Changes,
+    ) -> str | None:
+        join = table.joins.get(message.join)
+        name = message.pipeline if isinstance(message, EventsJoined) else join and join.pipeline
+        pipeline = self._pipelines.get(name) if name else None
+        spec = pipeline.join if pipeline is not None else None
+        now = self._clock()
+        if isinstance(message, EventsJoined):
+            if spec is None:
+                return f"pipeline {message.pipeline!r} has no join in this runner"
+            key = message.join
+
+            def closed(identity: tuple[str, str]) -> bool:
+                return table.is_closed(key, *identity)
+
+            fold = joins.add(join, message, spec, now, closed)
+        else:
+            fold = joins.due(join, message, spec, now)
+        if fold.join is None:
+            table.joins.pop(message.join, None)
+        else:
+            table.joins[message.join] = fold.join
+        if fold.join is not join or isinstance(message, EventsJoined):
+            changes.joins[message.join] = (partition, fold.join)
+        if fold.join is not None and fold.check_at is not None:
+            changes.timers.append(
+                (partition, JoinDue(message.join, fold.join.opened_at), fold.check_at)
+            )
+        for run in fold.runs:
+            done = Closed.of(run, message.join, now)
+            table.keep_closed(done)  # a later event of this batch sees it
+            changes.closed.append((partition, done))
+        changes.outputs.extend(fold.runs)
+        for expired in fold.expired:
+            data = expired.data()
+            changes.outputs.append(
+                Reported(Change("join.expired", f"join {expired.pipeline}", data))
+            )
+            missing = ", ".join(expired.missing) or "nothing (its join was removed)"
+            changes.said.append(
+                f"join of {expired.pipeline!r} for key {expired.key!r} expired: missing {missing}"
+            )
         return None
 
     def _apply_run(

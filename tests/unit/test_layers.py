@@ -21,7 +21,17 @@ FOLDERS = {"headwater.runner": ROOT / "runner", "headwater.bridges": ROOT / "bri
 
 BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow"})
 LOOPS = frozenset(
-    {"router", "control", "worker", "supervise", "tasks", "probes", "backpressure", "scheduler"}
+    {
+        "router",
+        "control",
+        "worker",
+        "supervise",
+        "tasks",
+        "probes",
+        "backpressure",
+        "scheduler",
+        "replay",
+    }
 )
 #: What each layer may import (its own layer included).
 ALLOWED: dict[str, frozenset[str]] = {

@@ -93,3 +93,31 @@ def test_bounds_come_from_the_environment() -> None:
     for bad in ("-1", "lots", "1e6", ""):
         with pytest.raises(ConfigError, match="HEADWATER_MAX_PENDING_RUNS"):
             Settings.from_env({"HEADWATER_MAX_PENDING_RUNS": bad})
+
+
+def test_a_valve_that_closes_in_normal_work_reports_only_a_lasting_pause() -> None:
+    now = [0.0]
+    valve = Valve(
+        "worker default",
+        "hw.tasks.default",
+        {"running": 10},
+        report_after=5.0,
+        clock=lambda: now[0],
+    )
+    for _ in range(20):  # a busy worker at its bound: closes and opens many times a second
+        valve.observe({"running": 11})
+        now[0] += 0.1
+        assert valve.changes() == []
+        valve.observe({"running": 5})
+        assert valve.changes() == []
+    valve.observe({"running": 11})
+    now[0] += 4.9
+    assert valve.changes() == []
+    now[0] += 0.2  # the pause has lasted: reported, then its resume
+    assert [c.kind for c in valve.changes()] == ["flow.paused"]
+    valve.observe({"running": 0})
+    assert [c.kind for c in valve.changes()] == ["flow.resumed"]
+    valve.observe({"running": 11})
+    now[0] += 6.0
+    valve.observe({"running": 0})  # a lasting pause first seen when it ends: both, in order
+    assert [c.kind for c in valve.changes()] == ["flow.paused", "flow.resumed"]
