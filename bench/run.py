@@ -82,6 +82,8 @@ class Volumes:
     flood: int  # flood: events offered at once through a bridge
     flood_within: float
     multi_rate: int  # latency on 1 and 2 runner processes of their own: offered events/s
+    #: the scale-out rows run (the smoke run checks one: each starts four processes)
+    scale_stages: tuple[str, ...] = ("match", "runs", "batched")
 
 
 FULL = Volumes(
@@ -117,6 +119,7 @@ SMOKE = Volumes(
     5_000,
     120.0,
     200,
+    ("runs",),
 )
 
 
@@ -259,6 +262,8 @@ async def _rows(run: str, settings: Settings, v: Volumes) -> list[Row]:
         ("runs", v.scale_runs, "runs/s"),
         ("batched", v.scale_events, "events/s"),
     ):
+        if stage not in v.scale_stages:
+            continue
         figures = []
         for processes in (1, 2):
             progress(f"scale-out: {stage} on {processes} runner process(es), {count} events")

@@ -23,6 +23,7 @@ awaited.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,6 +51,8 @@ REPLAY_EXTENSION = "headwaterreplay"
 WRITE_BATCH = 1_000
 #: Seconds between progress lines.
 PROGRESS_EVERY = 2.0
+#: Ticks one backfill requests at most (a narrower span, or several, for more).
+MAX_TICKS = 100_000
 #: Seconds between looks at the runs in progress while over the bound.
 WAIT_EVERY = 1.0
 
@@ -148,6 +151,12 @@ async def backfill(
         raise ReplayError(f"pipeline {pipeline.name!r} has no schedule to backfill")
     if end <= start:
         raise ReplayError(f"--to ({epoch_iso(end)}) must be after --from ({epoch_iso(start)})")
+    count = sum(1 for _ in itertools.islice(_ticks(spec.ticks(start - 1e-6), end), MAX_TICKS + 1))
+    if count > MAX_TICKS:
+        raise ReplayError(
+            f"the span holds more than {MAX_TICKS:,} ticks of {pipeline.name!r}: backfill "
+            "a narrower span at a time"
+        )
     await _topics(settings, pipeline)
     ran = await _succeeded(settings, pipeline.name, start, failed_too=True)
     tally = Tally()

@@ -54,6 +54,17 @@ MAX_FIRES = 500
 #: Ticks a look walks over at most (a minute cron over a very long window).
 MAX_WALK = 200_000
 
+#: The nicknames many crons know, as the expressions cronsim reads.
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
 Catchup = Literal["all", "latest", "none"]
 Overlap = Literal["skip", "buffer_one", "allow"]
 
@@ -94,7 +105,7 @@ class ScheduleSpec:
         assert self.cron is not None
         zone = ZoneInfo(self.timezone)
         start = datetime.fromtimestamp(math.floor(after), zone)
-        for when in CronSim(self.cron, start):
+        for when in CronSim(CRON_ALIASES.get(self.cron.strip(), self.cron), start):
             yield when.timestamp()
 
     def next_tick(self, after: float) -> float:
@@ -114,7 +125,7 @@ class ScheduleSpec:
 def check_cron(expression: str) -> str | None:
     """Why ``expression`` is not a cron expression cronsim reads, if it is not."""
     try:
-        CronSim(expression, datetime.now(UTC))
+        CronSim(CRON_ALIASES.get(expression.strip(), expression), datetime.now(UTC))
     except CronSimError as exc:
         return f"not a cron expression: {exc}"
     except Exception as exc:  # noqa: BLE001 - any parser failure is the user's input

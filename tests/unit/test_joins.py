@@ -186,3 +186,16 @@ def test_the_table_refuses_events_for_a_pipeline_without_a_join() -> None:
     owner = Owner()
     problem = owner.table.apply(0, EventsJoined(KEY, "nope", "paid", "o-1", []), Changes())
     assert problem is not None and "has no join" in problem
+
+
+def test_a_long_or_odd_key_value_becomes_a_small_key() -> None:
+    from headwater.runner.envelope import CloudEvent
+    from headwater.runner.runs.windows import key_value
+
+    long = CloudEvent("1", "/s", "t", {"order_id": "x" * 10_000})
+    value = key_value(long, "data.order_id")
+    assert value is not None and value.startswith("sha256:") and len(value) < 80
+    nested = CloudEvent("1", "/s", "t", {"order_id": {"a": [1, 2]}})
+    assert key_value(nested, "data.order_id") == '{"a":[1,2]}'
+    assert key_value(CloudEvent("1", "/s", "t", {"order_id": None}), "data.order_id") is None
+    assert key_value(CloudEvent("1", "/s", "t", "not a mapping"), "data.order_id") is None

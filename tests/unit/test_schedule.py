@@ -323,3 +323,9 @@ def test_a_look_for_an_edited_schedule_changes_nothing() -> None:
 
 def test_started_records_the_run() -> None:
     assert started(ScheduleState(1.0), "r").current == "r"
+
+
+def test_cron_nicknames_read_as_their_expressions() -> None:
+    daily = ScheduleSpec(cron="@daily", timezone="UTC")
+    assert daily.next_tick(86_400 * 3 + 5) == 86_400 * 4
+    assert ScheduleSpec(cron="@hourly").next_tick(3_600.5) == 7_200
