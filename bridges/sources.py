@@ -11,6 +11,7 @@ credential is refused before anything connects.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from headwater.bridges import registry
@@ -59,3 +60,38 @@ def build(args: argparse.Namespace) -> list[Source]:
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
+
+
+def problems(kind: str, options: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """Why a config file's source of ``kind`` with ``options`` cannot be built (checked
+    before anything connects), each at its place under the source."""
+    try:
+        declared = registry.get(kind)
+    except ConfigError as exc:
+        return [(("kind",), str(exc))]
+    try:
+        declared.settings.from_mapping(options)
+    except ConfigError as exc:
+        return [(("options",), str(exc))]
+    return []
+
+
+def from_config(specs: Iterable[Any]) -> list[Source]:
+    """The sources a config file declares (``name``, ``kind``, ``options``), each named as
+    the file names it."""
+    return [_Named(registry.build(spec.kind, spec.options), spec.name) for spec in specs]
+
+
+class _Named:
+    """A source under the name its config gives it."""
+
+    def __init__(self, source: Source, name: str) -> None:
+        self._source = source
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._source, attribute)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
@@ -32,36 +32,52 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 15.0
 
 
+#: The roles a process can run: any number of processes of each join the same groups.
+ROLES = ("bridges", "router", "control", "worker")
+
+
 async def serve(
     settings: Settings,
     pipelines: Sequence[Pipeline],
     sources: Sequence[Source],
     observer: RunObserver,
     stopping: asyncio.Event,
+    *,
+    roles: Collection[str] = ROLES,
+    routes: Collection[str] | None = None,
 ) -> None:
-    routes = {task.route for pipeline in pipelines for task in pipeline.tasks} | {"default"}
-    await _until_kafka_answers(settings, routes, stopping)
+    """Run ``roles`` (the router also runs the scheduler; a worker serves ``routes``,
+    by default every route a pipeline names) until ``stopping`` is set."""
+    named = {task.route for pipeline in pipelines for task in pipeline.tasks} | {"default"}
+    served = set(named if routes is None else routes)
+    await _until_kafka_answers(settings, named | served, stopping)
     if stopping.is_set():
         return
     by_name = {pipeline.name: pipeline for pipeline in pipelines}
-    pressure = Backpressure(settings, routes, router=True, bridges=bool(sources))
-    components: dict[str, Component] = {
-        "backpressure": pressure.run,
-        "router": EventRouter(settings, pipelines, pressure.router).run,
-        "control": ControlProcessor(settings, by_name, observer).run,
-        "scheduler": Scheduler(settings, pipelines).run,
-    }
-    for route in sorted(routes):
-        components[f"worker[{route}]"] = Worker(settings, by_name, route).run
-    for source in sources:
-        components[f"bridge[{source.name}]"] = Pump(
-            source,
-            functools.partial(kafka.producer, settings),
-            settings.topics,
-            write_timeout=settings.kafka.write_timeout,
-            valve=pressure.bridges,
-            report=functools.partial(pressure.report, "bridge"),
-        ).run
+    bridging = "bridges" in roles and bool(sources)
+    routing = "router" in roles
+    pressure = Backpressure(settings, named, router=routing, bridges=bridging)
+    components: dict[str, Component] = {}
+    if routing or bridging:
+        components["backpressure"] = pressure.run
+    if routing:
+        components["router"] = EventRouter(settings, pipelines, pressure.router).run
+        components["scheduler"] = Scheduler(settings, pipelines).run
+    if "control" in roles:
+        components["control"] = ControlProcessor(settings, by_name, observer).run
+    if "worker" in roles:
+        for route in sorted(served):
+            components[f"worker[{route}]"] = Worker(settings, by_name, route).run
+    if bridging:
+        for source in sources:
+            components[f"bridge[{source.name}]"] = Pump(
+                source,
+                functools.partial(kafka.producer, settings),
+                settings.topics,
+                write_timeout=settings.kafka.write_timeout,
+                valve=pressure.bridges,
+                report=functools.partial(pressure.report, "bridge"),
+            ).run
     tasks = [
         asyncio.create_task(supervise(name, run, stopping), name=name)
         for name, run in components.items()

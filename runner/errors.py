@@ -72,9 +72,11 @@ class TaskFailed(HeadwaterError):
     failure looks like the task's service failing (``retriable(cause)``), not its code;
     only those count against a route's circuit breaker."""
 
-    def __init__(self, message: str, retriable: bool = False) -> None:
+    def __init__(self, message: str, retriable: bool = False, final: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+        #: no later attempt can succeed (an HTTP 4xx, ``Permanent``): not retried
+        self.final = final
 
 
 class Retriable(HeadwaterError):
@@ -86,6 +88,13 @@ class Retriable(HeadwaterError):
     the cause."""
 
     retriable = True
+
+
+class Permanent(HeadwaterError):
+    """Raised by a task to say that trying again cannot help (bad input, a 4xx answer):
+    the attempt fails and is not retried, whatever the task's ``retries``."""
+
+    retriable = False
 
 
 #: errno values of a service that cannot be reached (refused, reset, unreachable, timed out)

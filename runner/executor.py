@@ -23,20 +23,30 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import importlib
 import inspect
 import os
 import signal
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 
-from headwater.runner.errors import TaskFailed, retriable
-from headwater.runner.model.pipeline import Task
+from headwater.runner.errors import ConfigError, Permanent, TaskFailed, retriable
+from headwater.runner.model.pipeline import HttpCall, Task
 from headwater.runner.runs.joins import JOIN_TYPE
 from headwater.runner.runs.windows import BATCH_TYPE
+from headwater.runner.secrets import (
+    has_reference,
+    redact,
+    redact_value,
+    resolve_all,
+    resolve_embedded,
+)
 from headwater.runner.settings import MAX_OUTPUT_BYTES, TASK_TIMEOUT
 
 _STDERR_TAIL = 2000
@@ -104,18 +114,30 @@ async def execute(
     """
     timeout = task.timeout or default_timeout
     try:
+        if has_reference(context.params):  # resolved here, where it is used, never stored
+            resolved = await asyncio.to_thread(resolve_all, context.params)
+            context = dataclasses.replace(context, params=resolved)
         if task.kind == "python":
             output = await asyncio.wait_for(_call(str(task.target), context), timeout)
+        elif task.kind == "http":
+            assert isinstance(task.target, HttpCall)
+            output = await asyncio.wait_for(
+                _request(task.target, context, max_output_bytes), timeout
+            )
         else:
             output = await _run_command(task, context, timeout)
     except TimeoutError:
         # The task's own timeout says nothing about a service (a hung task is its code's
         # problem); a client's timeout raised inside the task does count (``retriable``).
         raise TaskFailed(f"timed out after {timeout:g}s") from None
-    except TaskFailed:
-        raise
+    except TaskFailed as exc:
+        raise TaskFailed(redact(str(exc)), exc.retriable, exc.final) from None
+    except ConfigError as exc:  # a secret reference that cannot be resolved
+        raise TaskFailed(str(exc)) from None
     except Exception as exc:
-        raise TaskFailed(f"{type(exc).__name__}: {exc}", retriable(exc)) from exc
+        final = isinstance(exc, Permanent)
+        raise TaskFailed(redact(f"{type(exc).__name__}: {exc}"), retriable(exc), final) from exc
+    output = redact_value(output)  # a task that echoes a secret does not publish it
     try:
         size = len(orjson.dumps(output))
     except TypeError as exc:
@@ -184,11 +206,62 @@ async def _call(target: str, context: TaskContext) -> Any:
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails the attempt only
         # Caught here, in the task the call runs in: asyncio hands SystemExit and
         # KeyboardInterrupt that leave a task to the event loop, which stops the process.
-        raise TaskFailed(f"{type(exc).__name__}: {exc}", retriable(exc)) from None
+        raise TaskFailed(
+            f"{type(exc).__name__}: {exc}", retriable(exc), isinstance(exc, Permanent)
+        ) from None
+
+
+async def _request(call: HttpCall, context: TaskContext, max_bytes: int) -> Any:
+    """One HTTP request; its response body (JSON if it parses, else text; ``None`` when
+    empty) is the output. A 5xx, 429 or 408 answer and a connection error are
+    retriable, another 4xx is not."""
+    url = await asyncio.to_thread(resolve_embedded, call.url)
+    headers = {
+        name: await asyncio.to_thread(resolve_embedded, value) for name, value in call.headers
+    }
+    body: Any = None
+    if call.has_json:
+        payload: Any = await asyncio.to_thread(resolve_all, call.json)
+        body = orjson.dumps(payload)
+        headers.setdefault("Content-Type", "application/json")
+    elif call.body is not None:
+        body = (await asyncio.to_thread(resolve_embedded, call.body)).encode()
+    elif call.method in ("POST", "PUT", "PATCH"):
+        body = orjson.dumps(asdict(context))
+        headers.setdefault("Content-Type", "application/json")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(call.method, url, data=body, headers=headers) as response,
+    ):
+        raw = await response.content.read(max_bytes + 1)
+        status, reason = response.status, response.reason or ""
+    text = raw[:max_bytes].decode("utf-8", "replace")
+    if status >= 400:
+        tail = text.strip()[-_STDERR_TAIL:]
+        retry = status >= 500 or status in (408, 429)
+        message = f"HTTP {status} {reason} from {_shown(url)}: {tail}"
+        raise TaskFailed(message, retriable=retry, final=not retry)
+    if len(raw) > max_bytes:
+        raise TaskFailed(
+            f"the response of {_shown(url)} is over the output limit of {max_bytes:,} bytes "
+            "(HEADWATER_MAX_OUTPUT_BYTES): return a reference to the data instead"
+        )
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _shown(url: str) -> str:
+    """A URL for an error: its scheme, host and path (no query: it may hold a key)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
 
 
 async def _run_command(task: Task, context: TaskContext, within: float) -> Any:
-    argv = list(task.target)
+    argv = list(task.target)  # type: ignore[arg-type]
     env = {
         **os.environ,
         "HEADWATER_RUN_ID": context.run_id,

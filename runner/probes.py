@@ -37,7 +37,7 @@ import aiohttp
 
 from headwater.runner.errors import HeadwaterError
 from headwater.runner.flow.health import Health, ServiceSpec
-from headwater.runner.secrets import is_reference, resolve_reference
+from headwater.runner.secrets import is_reference, resolve_embedded
 
 #: Longest sleep of the prober, so a newly watched service is probed within it.
 IDLE_WAIT = 0.5
@@ -177,7 +177,7 @@ async def _servicebus(spec: ServiceSpec, env: Mapping[str, str], seconds: float)
     if not connection:
         raise Unhealthy(f"no connection string: set {CONNECTION_VARIABLES[0]}")
     if is_reference(connection):
-        connection = resolve_reference(connection)
+        connection = resolve_embedded(connection)
     fields: dict[str, str] = {}
     for part in connection.split(";"):
         key, _sep, value = part.partition("=")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,11 @@ class KafkaSettings:
     partitions: int = 3
     replication: int = 1
     request_timeout_ms: int = 15_000
+    #: TLS (``security_protocol`` SSL or SASL_SSL): CA bundle, client certificate and key
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_key_password: str | None = field(default=None, repr=False)
 
     @property
     def write_timeout(self) -> float:
@@ -102,6 +108,10 @@ class KafkaSettings:
             "HEADWATER_KAFKA_REPLICATION",
             "HEADWATER_KAFKA_REQUEST_TIMEOUT_MS",
             "HEADWATER_KAFKA_PORT",  # used by the local test server scripts
+            "HEADWATER_KAFKA_TLS_CA_FILE",
+            "HEADWATER_KAFKA_TLS_CERT_FILE",
+            "HEADWATER_KAFKA_TLS_KEY_FILE",
+            "HEADWATER_KAFKA_TLS_KEY_PASSWORD",
         }
         unknown = sorted(k for k in env if k.startswith("HEADWATER_KAFKA") and k not in known)
         if unknown:
@@ -123,6 +133,10 @@ class KafkaSettings:
             partitions=partitions,
             replication=replication,
             request_timeout_ms=request_timeout_ms,
+            tls_ca_file=env.get("HEADWATER_KAFKA_TLS_CA_FILE"),
+            tls_cert_file=env.get("HEADWATER_KAFKA_TLS_CERT_FILE"),
+            tls_key_file=env.get("HEADWATER_KAFKA_TLS_KEY_FILE"),
+            tls_key_password=env.get("HEADWATER_KAFKA_TLS_KEY_PASSWORD"),
         )
 
     def client_options(self) -> dict[str, Any]:
@@ -131,12 +145,21 @@ class KafkaSettings:
             "bootstrap_servers": self.bootstrap,
             "security_protocol": self.security_protocol,
         }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self._ssl_context()
         if self.sasl_mechanism:
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.username
             if self.password:
                 options["sasl_plain_password"] = resolve_reference(self.password)
         return options
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file:
+            password = resolve_reference(self.tls_key_password) if self.tls_key_password else None
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file, password)
+        return context
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,7 @@ class Worker:
             params=task.params,
         )
         gate, breaker = self._gate, task.breaker
-        retriable = False
+        retriable = final = False
         while True:  # held until its breaker admits it, then run in a slot: nothing spent
             while self._health.holding(task.needs_services) is not None:  # noqa: ASYNC110
                 await asyncio.sleep(HEALTH_WAIT)  # until the services it needs are back
@@ -301,7 +301,7 @@ class Worker:
                     error, ok = None, True
                 except TaskFailed as exc:
                     output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False
-                    retriable = exc.retriable
+                    retriable, final = exc.retriable, exc.final
                 except BaseException:  # stopping: a probe let through must not stay out
                     gate.abandon(pipeline.name, task.name, breaker)
                     raise
@@ -318,6 +318,7 @@ class Worker:
             error=error,
             started_at=started,
             finished_at=time.time(),
+            final=final,
         )
         key = request.get("key")  # its run's control messages' key, when not its id
         key = key if isinstance(key, str) else context.run_id

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Retriable", "TaskContext"]
+__all__ = ["Permanent", "Retriable", "TaskContext"]
 
 if TYPE_CHECKING:
+    from headwater.runner.tasks import Permanent as Permanent
     from headwater.runner.tasks import Retriable as Retriable
     from headwater.runner.tasks import TaskContext as TaskContext
 

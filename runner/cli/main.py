@@ -25,17 +25,22 @@ from aiokafka.errors import KafkaError
 from headwater.bridges import sources
 from headwater.bridges.base import Source
 from headwater.runner.cli import replay
-from headwater.runner.engine import serve
+from headwater.runner.engine import ROLES, serve
 from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
 from headwater.runner.executor import hung_threads
 from headwater.runner.log import kafka
 from headwater.runner.log.reader import lags, read_now, topic_partitions
+from headwater.runner.model.config import load_config
 from headwater.runner.model.loader import load_pipelines, validate_paths
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import ConsoleProgress
 from headwater.runner.observe.status import Status
+from headwater.runner.secrets import RedactingFilter
 from headwater.runner.settings import Settings
+
+#: File names ``headwater validate`` reads as config files.
+CONFIG_NAMES = ("headwater.yaml", "headwater.yml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:  # a resolved secret never reaches a log
+        handler.addFilter(RedactingFilter())
     if not args.verbose:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our components say why
         logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -77,8 +84,34 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_arguments(dev)
     dev.set_defaults(command=_dev)
 
-    validate = commands.add_parser("validate", help="check pipeline files")
-    validate.add_argument("paths", nargs="+", type=Path)
+    run = commands.add_parser(
+        "run", help="run some or all roles of a production process from a config file"
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the config file (default: $HEADWATER_CONFIG, else ./headwater.yaml)",
+    )
+    run.add_argument(
+        "--role",
+        action="append",
+        choices=ROLES,
+        default=None,
+        help="a role to run (repeatable; default: all of them)",
+    )
+    run.add_argument(
+        "--routes",
+        default=None,
+        help="the routes this process's workers serve, comma-separated (default: all)",
+    )
+    run.set_defaults(command=_run)
+
+    validate = commands.add_parser("validate", help="check pipeline files and config files")
+    validate.add_argument("paths", nargs="*", type=Path)
+    validate.add_argument(
+        "--config", type=Path, default=None, help="a config file (its pipelines too)"
+    )
     validate.set_defaults(command=_validate)
 
     publish = commands.add_parser("publish", help="send one CloudEvent to the events topic")
@@ -128,13 +161,71 @@ async def _read_status(settings: Settings) -> Status:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    problems = validate_paths(args.paths)
+    configs = [args.config] if args.config else []
+    paths: list[Path] = []
+    for path in args.paths:  # a file named headwater.yaml is a config file
+        (configs if path.name in CONFIG_NAMES else paths).append(path)
+    if not configs and not paths:
+        print("headwater validate: give pipeline files or folders, or --config", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    for config in configs:
+        try:
+            loaded = load_config(config, sources.problems)
+        except PipelineErrors as exc:
+            problems += exc.problems
+            continue
+        paths += [p for p in loaded.pipelines if p.exists()]
+    problems += validate_paths(paths) if paths else []
     for problem in problems:
         print(problem)
     if problems:
         return 1
-    count = len(load_pipelines(args.paths))
-    print(f"ok: {count} pipeline(s) valid")
+    count = len(load_pipelines(paths)) if paths else 0
+    said = f", {len(configs)} config file(s)" if configs else ""
+    print(f"ok: {count} pipeline(s) valid{said}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = args.config or Path(os.environ.get("HEADWATER_CONFIG") or "headwater.yaml")
+    try:
+        config = load_config(path, sources.problems)
+    except PipelineErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    settings = Settings.from_env({**config.env, **os.environ})
+    roles = tuple(dict.fromkeys(args.role or ROLES))
+    routes = None
+    if args.routes is not None:
+        routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+        if not routes:
+            raise ConfigError("--routes: give at least one route name")
+    if {"control"} & set(roles):
+        _check_state_dir(settings.state_dir)
+    missing = [str(p) for p in config.pipelines if not p.exists()]
+    if missing:
+        raise ConfigError(f"{config.file}: pipelines: no such file or folder: {', '.join(missing)}")
+    try:
+        pipelines = load_pipelines(config.pipelines)
+    except PipelineErrors as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for folder in config.pipelines:  # tasks' modules live beside the pipeline files
+        sys.path.insert(0, str((folder if folder.is_dir() else folder.parent).resolve()))
+    bridged = sources.from_config(config.sources) if "bridges" in roles else []
+    served = ", ".join(routes) if routes is not None else "all routes"
+    print(
+        f"headwater run: roles {', '.join(roles)} ({served}); {len(pipelines)} pipeline(s), "
+        f"{len(bridged)} source(s), Kafka {settings.kafka.bootstrap}, topics "
+        f"{settings.topics.prefix}*, instance {settings.instance}",
+        flush=True,
+    )
+    asyncio.run(
+        _serve_until_signal(settings, pipelines, bridged, roles=roles, routes=routes, said="run")
+    )
     return 0
 
 
@@ -166,14 +257,22 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(
-    settings: Settings, pipelines: list[Pipeline], sources: list[Source]
+    settings: Settings,
+    pipelines: list[Pipeline],
+    sources: list[Source],
+    *,
+    roles: Sequence[str] = ROLES,
+    routes: Sequence[str] | None = None,
+    said: str = "dev",
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    await serve(settings, pipelines, sources, ConsoleProgress(), stopping)
-    print("headwater dev: stopped", flush=True)
+    await serve(
+        settings, pipelines, sources, ConsoleProgress(), stopping, roles=roles, routes=routes
+    )
+    print(f"headwater {said}: stopped", flush=True)
 
 
 def _publish(args: argparse.Namespace) -> int:

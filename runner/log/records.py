@@ -38,6 +38,8 @@ class TaskFinished:
     error: str | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    #: the failure is final: no retry (an HTTP 4xx, ``headwater.Permanent``)
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from headwater.runner.model.pipeline import (
     Comparison,
     Concurrency,
     Condition,
+    HttpCall,
     JoinSpec,
     Pipeline,
     Task,
@@ -157,10 +158,17 @@ def _task(name: str, spec: dict[str, Any], services: tuple[str, ...]) -> Task:
         "multiplier": float(given.get("multiplier", _DEFAULT_BACKOFF.multiplier)),
     }
     timeout = spec.get("timeout")
+    target: str | tuple[str, ...] | HttpCall
+    if "python" in spec:
+        kind, target = "python", spec["python"]
+    elif "command" in spec:
+        kind, target = "command", tuple(spec["command"])
+    else:
+        kind, target = "http", _http(spec["http"])
     return Task(
         name=name,
-        kind="python" if "python" in spec else "command",
-        target=spec["python"] if "python" in spec else tuple(spec["command"]),
+        kind=kind,  # type: ignore[arg-type]
+        target=target,
         needs=tuple(spec.get("needs", ())),
         retries=int(spec.get("retries", 0)),
         backoff=Backoff(**backoff),
@@ -169,6 +177,18 @@ def _task(name: str, spec: dict[str, Any], services: tuple[str, ...]) -> Task:
         params=spec.get("with", {}),
         breaker=breaker(spec["breaker"]) if "breaker" in spec else None,
         needs_services=tuple(dict.fromkeys((*services, *spec.get("needs_services", ())))),
+    )
+
+
+def _http(spec: dict[str, Any]) -> HttpCall:
+    sends = "json" in spec or "body" in spec
+    return HttpCall(
+        url=spec["url"],
+        method=spec.get("method", "POST" if sends else "GET"),
+        headers=tuple(spec.get("headers", {}).items()),
+        json=spec.get("json"),
+        body=spec.get("body"),
+        has_json="json" in spec,
     )
 
 

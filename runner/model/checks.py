@@ -190,6 +190,25 @@ def join_problems(data: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
             yield (*at, "within"), str(exc)
 
 
+def http_problems(tasks: dict[str, Any]) -> Iterator[tuple[DocPath, str]]:
+    """An ``http:`` task sends ``json`` or ``body``, not both, and not with GET/HEAD; its
+    URL holds no literal user:password (a secret reference instead)."""
+    for name, task in tasks.items():
+        http = task.get("http") if isinstance(task, dict) else None
+        if not isinstance(http, dict):
+            continue
+        at: DocPath = ("tasks", name, "http")
+        if "json" in http and "body" in http:
+            yield at, "give json or body, not both"
+        if http.get("method") in ("GET", "HEAD") and ("json" in http or "body" in http):
+            yield (*at, "method"), f"a {http['method']} request carries no json or body"
+        url = http.get("url")
+        if isinstance(url, str) and "${" not in url.split("@")[0]:
+            authority = url.split("://", 1)[-1].split("/", 1)[0]
+            if "@" in authority and ":" in authority.split("@")[0]:
+                yield (*at, "url"), "holds a password: use a secret reference such as ${env:URL}"
+
+
 def _timezone(name: str) -> bool:
     try:
         ZoneInfo(name)

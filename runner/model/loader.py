@@ -167,13 +167,13 @@ def _load_file(path: Path, shown: str) -> _Loaded:
         loaded.problems.append(_Problem(line, "<yaml>", problem))
         return loaded
 
-    data = _plain(root)
+    data = plain(root)
     loaded.problems = _problems(root, data)
     if isinstance(data, dict) and isinstance(data.get("name"), str):
-        loaded.name, loaded.name_line = data["name"], _line_of(root, ("name",))
+        loaded.name, loaded.name_line = data["name"], line_of(root, ("name",))
     triggers = data.get("triggers") if isinstance(data, dict) else None
     if isinstance(triggers, list):
-        loaded.trigger_lines = [_line_of(root, ("triggers", i)) for i in range(len(triggers))]
+        loaded.trigger_lines = [line_of(root, ("triggers", i)) for i in range(len(triggers))]
     if not loaded.problems:
         loaded.pipeline = build(data, shown)
     return loaded
@@ -191,18 +191,19 @@ def _problems(root: Any, data: Any) -> list[_Problem]:
     if isinstance(tasks, dict):
         found += checks.needs_problems(tasks)
         found += checks.duration_problems(tasks)
+        found += checks.http_problems(tasks)
     triggers = data.get("triggers") if isinstance(data, dict) else None
     if isinstance(triggers, list):
         found += checks.batch_problems(triggers)
         found += checks.trigger_id_problems(triggers)
-    problems = [_Problem(_line_of(root, at), field_name(at), msg) for at, msg in found]
+    problems = [_Problem(line_of(root, at), field_name(at), msg) for at, msg in found]
     problems += [
-        _Problem(_line_of(root, at, of_value=True), field_name(at), msg)
+        _Problem(line_of(root, at, of_value=True), field_name(at), msg)
         for at, msg in checks.credential_problems(data)
     ]
     if isinstance(tasks, dict):
         problems += [
-            _Problem(_line_of(root, ("tasks", cycle[0])), "tasks", "cycle " + " -> ".join(cycle))
+            _Problem(line_of(root, ("tasks", cycle[0])), "tasks", "cycle " + " -> ".join(cycle))
             for cycle in checks.cycles(tasks)
         ]
     return problems
@@ -214,12 +215,12 @@ def _schema() -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema.read_text(encoding="utf-8")))
 
 
-def _plain(node: Any) -> Any:
+def plain(node: Any) -> Any:
     """ruamel's round-trip values as plain Python ones (keys as strings, dates as ISO text)."""
     if isinstance(node, dict):
-        return {str(key): _plain(value) for key, value in node.items()}
+        return {str(key): plain(value) for key, value in node.items()}
     if isinstance(node, list):
-        return [_plain(item) for item in node]
+        return [plain(item) for item in node]
     if isinstance(node, ScalarBoolean):  # an int subclass, so before int
         return bool(node)
     for kind in (bool, int, float, str):
@@ -230,7 +231,7 @@ def _plain(node: Any) -> Any:
     return None if node is None else str(node)  # rare YAML types (!!binary, !!set) as text
 
 
-def _line_of(root: Any, path: DocPath, of_value: bool = False) -> int:
+def line_of(root: Any, path: DocPath, of_value: bool = False) -> int:
     """1-based line of the key (or its value) or item at ``path``; if missing, its parent's."""
     line = getattr(getattr(root, "lc", None), "line", 0) + 1
     node = root

@@ -95,12 +95,25 @@ class Throttle:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpCall:
+    """An ``http:`` task: one request; its response (JSON if it parses) is the output.
+    Without ``json`` or ``body``, a POST/PUT/PATCH sends the task's context as JSON."""
+
+    url: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    json: Any = None
+    body: str | None = None
+    has_json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """One node of the DAG: a Python callable (``module:function``) or a command."""
 
     name: str
-    kind: Literal["python", "command"]
-    target: str | tuple[str, ...]
+    kind: Literal["python", "command", "http"]
+    target: str | tuple[str, ...] | HttpCall
     needs: tuple[str, ...] = ()
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from headwater.runner.runs.machine import Run, TaskRecord
 from headwater.runner.runs.table import Note
+from headwater.runner.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class ConsoleProgress(RunObserver):
         self._stream = stream
 
     def _say(self, run: Run, text: str) -> None:
-        print(f"run {run.run_id[:8]} {run.pipeline}: {text}", file=self._stream, flush=True)
+        line = redact(f"run {run.run_id[:8]} {run.pipeline}: {text}")
+        print(line, file=self._stream, flush=True)
 
     def run_started(self, run: Run) -> None:
         event = run.event

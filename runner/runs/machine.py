@@ -170,7 +170,7 @@ def _task_finished(
         return Transition(run, _advance(run, pipeline, now))
     record.error = message.error
     task = pipeline.task(message.task)
-    if record.attempt < task.max_attempts:
+    if record.attempt < task.max_attempts and not message.final:
         at = now + task.backoff.delay(record.attempt, rand)
         record.status, record.retry_at = "retry_wait", at
         return Transition(run, [ScheduleRetry(message.task, record.attempt, at)])

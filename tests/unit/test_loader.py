@@ -161,12 +161,12 @@ def test_file_order_breaks_ties_between_ready_tasks(tmp_path: Path) -> None:
         ),
         pytest.param(
             "  a:\n    python: m:f\n    command: [ls]\n",
-            "5: tasks.a: give exactly one of python or command",
+            "5: tasks.a: give exactly one of python, command or http",
             id="python-and-command",
         ),
         pytest.param(
             "  a:\n    retries: 1\n",
-            "5: tasks.a: give exactly one of python or command",
+            "5: tasks.a: give exactly one of python, command or http",
             id="neither-python-nor-command",
         ),
         pytest.param(
