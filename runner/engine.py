@@ -12,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
 from headwater.runner.backpressure import Backpressure
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
+from headwater.runner.flow.routes import RouteInfo
 from headwater.runner.log import kafka
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import RunObserver
 from headwater.runner.router import EventRouter
+from headwater.runner.routing import Routing
 from headwater.runner.scheduler import Scheduler
 from headwater.runner.settings import Settings
 from headwater.runner.supervise import Component, supervise
@@ -45,12 +47,17 @@ async def serve(
     *,
     roles: Collection[str] = ROLES,
     routes: Collection[str] | None = None,
+    declared: Mapping[str, RouteInfo] | None = None,
+    failover_after: float = 10.0,
+    heartbeat: float = 2.0,
 ) -> None:
     """Run ``roles`` (the router also runs the scheduler; a worker serves ``routes``,
-    by default every route a pipeline names) until ``stopping`` is set."""
+    by default every route a pipeline names) until ``stopping`` is set. With routes
+    ``declared`` (a config file's), workers announce themselves and fail over for the
+    routes they are a fallback of (``routing``)."""
     named = {task.route for pipeline in pipelines for task in pipeline.tasks} | {"default"}
     served = set(named if routes is None else routes)
-    await _until_kafka_answers(settings, named | served, stopping)
+    await _until_kafka_answers(settings, named | served | set(declared or ()), stopping)
     if stopping.is_set():
         return
     by_name = {pipeline.name: pipeline for pipeline in pipelines}
@@ -66,8 +73,20 @@ async def serve(
     if "control" in roles:
         components["control"] = ControlProcessor(settings, by_name, observer).run
     if "worker" in roles:
+        workers = {}
         for route in sorted(served):
-            components[f"worker[{route}]"] = Worker(settings, by_name, route).run
+            info = (declared or {}).get(route) or RouteInfo(route)
+            workers[route] = Worker(settings, by_name, route, info=info)
+            components[f"worker[{route}]"] = workers[route].run
+        if declared is not None:
+            components["routing"] = Routing(
+                settings,
+                by_name,
+                declared,
+                workers,
+                failover_after=failover_after,
+                heartbeat=heartbeat,
+            ).run
     if bridging:
         for source in sources:
             components[f"bridge[{source.name}]"] = Pump(

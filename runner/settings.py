@@ -63,6 +63,11 @@ class Topics:
         """Flow-control transitions (breakers, pauses) as CloudEvents, keyed by route."""
         return f"{self.prefix}status"
 
+    @property
+    def heartbeats(self) -> str:
+        """Workers' announcements: route, region, instance, free capacity (``routing``)."""
+        return f"{self.prefix}heartbeats"
+
     def tasks(self, route: str) -> str:
         return f"{self.prefix}tasks.{route}"
 

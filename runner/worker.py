@@ -44,6 +44,7 @@ from headwater.runner.executor import TaskContext, execute
 from headwater.runner.flow.gate import Gate
 from headwater.runner.flow.health import Health, parse_service
 from headwater.runner.flow.pressure import Valve
+from headwater.runner.flow.routes import RouteInfo
 from headwater.runner.log import kafka
 from headwater.runner.log.lag import committed_offsets
 from headwater.runner.log.progress import Uncommitted, done_offsets
@@ -95,11 +96,18 @@ class Worker:
         pipelines: Mapping[str, Pipeline],
         route: str = "default",
         concurrency: int | None = None,
+        *,
+        info: RouteInfo | None = None,
     ) -> None:
+        """A worker of ``route``'s requests; ``info``: the route this worker belongs to
+        (its region and residency; another route than ``route`` when it serves a route
+        that is down, as its fallback)."""
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
         self._route = route
+        self._info = info or RouteInfo(route)
+        self.running = 0
         self._concurrency = concurrency or settings.worker_concurrency
         self._gate = Gate(route, settings.breaker, time.monotonic)
         self._full = Valve(
@@ -168,6 +176,7 @@ class Worker:
             try:
                 while not stopping.is_set():
                     room.clear()
+                    self.running = len(running)
                     self._pause(consumer, len(running), len(uncommitted), learning)
                     wait_ms = 200
                     if not self._full.is_open:  # paused: until a task ends or a commit
@@ -266,6 +275,16 @@ class Worker:
             task = pipeline.task(request["task"])
         except (BadMessage, KeyError) as exc:
             return self._dlq(record, exc.args[0] if isinstance(exc, KeyError) else str(exc))
+        residency = task.residency
+        if residency is not None and residency != self._info.residency:
+            # By construction it cannot come here (a route keeps its residency, and so do
+            # its fallbacks); if a misconfigured worker gets it anyway, it never runs it.
+            where = self._info.residency or "none declared"
+            refused = (
+                f"residency {residency}: route {self._info.name} (residency {where}) may not "
+                "run this task; it was not run"
+            )
+            return self._result(request, task.name, False, None, refused, True, time.time())
         context = TaskContext(
             run_id=request["run_id"],
             pipeline=pipeline.name,
@@ -309,19 +328,40 @@ class Worker:
         gate.outcome(pipeline.name, task.name, breaker, ok, retriable, error)
         self._outcome.set()
         self._outcome = asyncio.Event()
+        return self._result(request, task.name, ok, output, error, final, started)
+
+    def _result(
+        self,
+        request: dict[str, Any],
+        task: str,
+        ok: bool,
+        output: Any,
+        error: str | None,
+        final: bool,
+        started: float,
+    ) -> _Write:
+        """The ``task.finished`` write of an attempt, with where it ran."""
+        ran_on: dict[str, Any] = {
+            "route": self._info.name,
+            "region": self._info.region,
+            "instance": self._settings.instance,
+        }
+        if self._info.name != self._route:
+            ran_on["for_route"] = self._route  # served as the down route's fallback
         result = TaskFinished(
-            run_id=context.run_id,
-            task=task.name,
-            attempt=context.attempt,
+            run_id=request["run_id"],
+            task=task,
+            attempt=request["attempt"],
             ok=ok,
             output=output,
             error=error,
             started_at=started,
             finished_at=time.time(),
             final=final,
+            ran_on=ran_on,
         )
         key = request.get("key")  # its run's control messages' key, when not its id
-        key = key if isinstance(key, str) else context.run_id
+        key = key if isinstance(key, str) else request["run_id"]
         return self._topics.control, encode_control(result), key.encode()
 
     @property

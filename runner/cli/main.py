@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,9 +29,10 @@ from headwater.runner.engine import ROLES, serve
 from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
 from headwater.runner.executor import hung_threads
+from headwater.runner.flow.routes import RouteInfo
 from headwater.runner.log import kafka
 from headwater.runner.log.reader import lags, read_now, topic_partitions
-from headwater.runner.model.config import load_config
+from headwater.runner.model.config import load_config, residency_problems
 from headwater.runner.model.loader import load_pipelines, validate_paths
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import ConsoleProgress
@@ -223,8 +224,24 @@ def _run(args: argparse.Namespace) -> int:
         f"{settings.topics.prefix}*, instance {settings.instance}",
         flush=True,
     )
+    declared = {r.name: RouteInfo(r.name, r.region, r.residency, r.fallback) for r in config.routes}
+    problems = residency_problems(pipelines, declared)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
     asyncio.run(
-        _serve_until_signal(settings, pipelines, bridged, roles=roles, routes=routes, said="run")
+        _serve_until_signal(
+            settings,
+            pipelines,
+            bridged,
+            roles=roles,
+            routes=routes,
+            said="run",
+            declared=declared,
+            failover_after=config.failover_after,
+            heartbeat=config.heartbeat_every,
+        )
     )
     return 0
 
@@ -264,13 +281,25 @@ async def _serve_until_signal(
     roles: Sequence[str] = ROLES,
     routes: Sequence[str] | None = None,
     said: str = "dev",
+    declared: Mapping[str, RouteInfo] | None = None,
+    failover_after: float = 10.0,
+    heartbeat: float = 2.0,
 ) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     await serve(
-        settings, pipelines, sources, ConsoleProgress(), stopping, roles=roles, routes=routes
+        settings,
+        pipelines,
+        sources,
+        ConsoleProgress(),
+        stopping,
+        roles=roles,
+        routes=routes,
+        declared=declared,
+        failover_after=failover_after,
+        heartbeat=heartbeat,
     )
     print(f"headwater {said}: stopped", flush=True)
 

@@ -270,6 +270,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
     # Tombstones are kept a day after compaction reaches them: a local store is trusted
     # for less than that after its last update (``runs.store.TRUSTED_FOR``).
     compacted = {"cleanup.policy": "compact", "delete.retention.ms": str(86_400_000)}
+    short = {"retention.ms": str(3_600_000)}  # heartbeats: only the latest ones matter
     wanted = [
         NewTopic(topics.events, kafka.partitions, kafka.replication),
         NewTopic(topics.control, kafka.partitions, kafka.replication),
@@ -277,6 +278,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
         NewTopic(topics.completions, kafka.partitions, kafka.replication),
         NewTopic(topics.dlq, 1, kafka.replication),
         NewTopic(topics.status, 1, kafka.replication),
+        NewTopic(topics.heartbeats, 1, kafka.replication, topic_configs=short),
         *(NewTopic(topics.tasks(r), kafka.partitions, kafka.replication) for r in routes),
     ]
     admin = AIOKafkaAdminClient(**settings.kafka.client_options())

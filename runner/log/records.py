@@ -40,6 +40,8 @@ class TaskFinished:
     finished_at: float = 0.0
     #: the failure is final: no retry (an HTTP 4xx, ``headwater.Permanent``)
     final: bool = False
+    #: where the attempt ran: route, region, instance (and ``for_route`` on failover)
+    ran_on: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,10 @@ _JSON_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str | None": (lambda value: value is None or isinstance(value, str), "a string or null"),
     "str | int": (lambda value: isinstance(value, str) or _integer(value), "a string or integer"),
     "dict[str, Any]": (lambda value: isinstance(value, dict), "an object"),
+    "dict[str, Any] | None": (
+        lambda value: value is None or isinstance(value, dict),
+        "an object or null",
+    ),
 }
 
 

@@ -58,7 +58,8 @@ def _topological(tasks: dict[str, Task]) -> tuple[Task, ...]:
 def build(data: dict[str, Any], file: str) -> Pipeline:
     """The model of a file that passed every check."""
     services = tuple(data.get("needs_services", ()))
-    tasks = {name: _task(name, spec, services) for name, spec in data["tasks"].items()}
+    residency = data.get("residency")
+    tasks = {name: _task(name, spec, services, residency) for name, spec in data["tasks"].items()}
     concurrency = data.get("concurrency")
     throttle = data.get("throttle")
     timeout = data.get("timeout")
@@ -150,7 +151,9 @@ def _batching(spec: dict[str, Any]) -> Batching:
     )
 
 
-def _task(name: str, spec: dict[str, Any], services: tuple[str, ...]) -> Task:
+def _task(
+    name: str, spec: dict[str, Any], services: tuple[str, ...], residency: str | None
+) -> Task:
     given = spec.get("backoff", {})
     backoff = {
         "initial": parse_duration(given.get("initial", _DEFAULT_BACKOFF.initial)),
@@ -177,6 +180,7 @@ def _task(name: str, spec: dict[str, Any], services: tuple[str, ...]) -> Task:
         params=spec.get("with", {}),
         breaker=breaker(spec["breaker"]) if "breaker" in spec else None,
         needs_services=tuple(dict.fromkeys((*services, *spec.get("needs_services", ())))),
+        residency=spec.get("residency", residency),
     )
 
 

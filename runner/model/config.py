@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ from headwater.runner.durations import parse_duration
 from headwater.runner.errors import PipelineErrors
 from headwater.runner.model import checks
 from headwater.runner.model.loader import line_of, plain
+from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.model.schema_errors import DocPath, field_name, schema_problems
 
 #: Seconds without a heartbeat of a route's workers before its tasks fail over.
@@ -147,6 +148,11 @@ def _problems(
                 first = names[route["name"]]
                 yield ("routes", index, "name"), f'"{route["name"]}" is route {first} already'
             names.setdefault(route["name"], index)
+    residency = {
+        route["name"]: route.get("residency")
+        for route in (routes if isinstance(routes, list) else ())
+        if isinstance(route, dict) and isinstance(route.get("name"), str)
+    }
     for index, route in enumerate(routes if isinstance(routes, list) else ()):
         fallback = route.get("fallback") if isinstance(route, dict) else None
         for position, other in enumerate(fallback if isinstance(fallback, list) else ()):
@@ -155,6 +161,14 @@ def _problems(
                 yield at, "a route cannot be its own fallback"
             elif isinstance(other, str) and other not in names:
                 yield at, f'unknown route "{other}" (declare it under routes)'
+            elif isinstance(other, str) and residency[other] != route.get("residency"):
+                yield (
+                    at,
+                    (
+                        f'route "{other}" has residency {residency[other] or "none"}, this route '
+                        f"{route.get('residency') or 'none'}: a fallback keeps the residency"
+                    ),
+                )
     sources = data.get("sources")
     seen: set[str] = set()
     for index, source in enumerate(sources if isinstance(sources, list) else ()):
@@ -247,3 +261,27 @@ def _relative(config: Path, given: str) -> str:
     """A path the file gives, relative to the file's folder unless absolute."""
     path = Path(given).expanduser()
     return str(path if path.is_absolute() else config.parent / path)
+
+
+def residency_problems(pipelines: Iterable[Pipeline], routes: Mapping[str, Any]) -> list[str]:
+    """Each task with a ``residency`` must be on a declared route of that residency
+    (``routes``: name -> anything with ``residency``); its route's fallbacks keep it, as
+    ``load_config`` checks."""
+    out = []
+    for pipeline in pipelines:
+        for task in pipeline.tasks:
+            if task.residency is None:
+                continue
+            route = routes.get(task.route)
+            if route is None:
+                out.append(
+                    f"{pipeline.file}: tasks.{task.name}.residency: {task.residency}, but its "
+                    f"route {task.route!r} is not declared in the config file (declare it "
+                    f"with residency: {task.residency})"
+                )
+            elif route.residency != task.residency:
+                out.append(
+                    f"{pipeline.file}: tasks.{task.name}.residency: {task.residency}, but its "
+                    f"route {task.route!r} has residency {route.residency or 'none'}"
+                )
+    return out

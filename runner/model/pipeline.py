@@ -124,6 +124,9 @@ class Task:
     breaker: BreakerSpec | None = None
     #: services it needs (``needs_services:``, its pipeline's included): held while one is down
     needs_services: tuple[str, ...] = ()
+    #: where its data may be processed (``residency:``, its pipeline's if it has none):
+    #: only on routes of that residency
+    residency: str | None = None
 
     @property
     def max_attempts(self) -> int:

@@ -53,4 +53,5 @@ def _task_summary(record: TaskRecord) -> dict[str, Any]:
         "output": record.output,
         "error": record.error,
         "duration_ms": duration,
+        "ran_on": record.ran_on,
     }

@@ -96,6 +96,8 @@ class TaskRecord:
     retry_at: float | None = None
     #: when a dispatched attempt counts as lost if no result came (a timer then fails it)
     deadline: float | None = None
+    #: where its last attempt ran (route, region, instance), as its worker said
+    ran_on: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -165,6 +167,7 @@ def _task_finished(
     if record.started_at is None:
         record.started_at = message.started_at
     record.finished_at = message.finished_at
+    record.ran_on = message.ran_on
     if message.ok:
         record.status, record.output, record.error = "succeeded", message.output, None
         return Transition(run, _advance(run, pipeline, now))

@@ -31,6 +31,7 @@ LOOPS = frozenset(
         "backpressure",
         "scheduler",
         "replay",
+        "routing",
     }
 )
 #: What each layer may import (its own layer included).
