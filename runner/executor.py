@@ -42,6 +42,7 @@ from headwater.runner.runs.joins import JOIN_TYPE
 from headwater.runner.runs.windows import BATCH_TYPE
 from headwater.runner.secrets import (
     has_reference,
+    prefetch,
     redact,
     redact_value,
     resolve_all,
@@ -115,6 +116,7 @@ async def execute(
     timeout = task.timeout or default_timeout
     try:
         if has_reference(context.params):  # resolved here, where it is used, never stored
+            await prefetch(context.params)
             resolved = await asyncio.to_thread(resolve_all, context.params)
             context = dataclasses.replace(context, params=resolved)
         if task.kind == "python":
@@ -215,6 +217,7 @@ async def _request(call: HttpCall, context: TaskContext, max_bytes: int) -> Any:
     """One HTTP request; its response body (JSON if it parses, else text; ``None`` when
     empty) is the output. A 5xx, 429 or 408 answer and a connection error are
     retriable, another 4xx is not."""
+    await prefetch([call.url, dict(call.headers), call.json, call.body])
     url = await asyncio.to_thread(resolve_embedded, call.url)
     headers = {
         name: await asyncio.to_thread(resolve_embedded, value) for name, value in call.headers

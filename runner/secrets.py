@@ -107,7 +107,7 @@ def _aws_secret(target: str) -> str:
     cached = _aws_cache.get(target)
     if cached is not None and time.monotonic() - cached[0] < AWS_CACHE_SECONDS:
         return cached[1]
-    name, _, key = target.partition("#")
+    name = target.partition("#")[0]
     try:
         import botocore.session
         from botocore.exceptions import BotoCoreError, ClientError
@@ -125,6 +125,52 @@ def _aws_secret(target: str) -> str:
     except (BotoCoreError, ClientError) as exc:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__
         raise ConfigError(f"secret reference ${{aws-sm:{target}}}: {code}") from None
+    return _cache_aws(target, secret)
+
+
+def aws_references(value: Any) -> set[str]:
+    """The ``${aws-sm:...}`` targets in ``value``'s strings (dicts and lists walked)."""
+    if isinstance(value, str):
+        return {target for kind, target in _EMBEDDED.findall(value) if kind == "aws-sm"}
+    if isinstance(value, dict):
+        return set().union(*(aws_references(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(aws_references(item) for item in value))
+    return set()
+
+
+async def prefetch(value: Any) -> None:
+    """Fetch ``value``'s Secrets Manager references through aiobotocore, without blocking
+    the event loop, so resolving them next finds them cached."""
+    targets = {
+        target
+        for target in aws_references(value)
+        if target not in _aws_cache or time.monotonic() - _aws_cache[target][0] >= AWS_CACHE_SECONDS
+    }
+    if not targets:
+        return
+    try:
+        from aiobotocore.session import get_session
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - the aws extra is not installed
+        return  # resolved (and refused with the reason) synchronously
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    async with get_session().create_client(
+        "secretsmanager", region_name=region, endpoint_url=endpoint
+    ) as client:
+        for target in sorted(targets):
+            name = target.partition("#")[0]
+            try:
+                answer = await client.get_secret_value(SecretId=name)
+            except (BotoCoreError, ClientError):
+                continue  # the synchronous path says why, with the reference
+            _cache_aws(target, answer.get("SecretString") or "")
+
+
+def _cache_aws(target: str, secret: str) -> str:
+    """Cache and remember the value ``target`` (``name#key``) picks from ``secret``."""
+    key = target.partition("#")[2]
     value = secret
     if key:
         try:
@@ -137,7 +183,8 @@ def _aws_secret(target: str) -> str:
         if not isinstance(fields, dict) or key not in fields:
             raise ConfigError(f"secret reference ${{aws-sm:{target}}}: no key {key!r}")
         value = str(fields[key])
-        _remember(secret)
+    _remember(secret)
+    _remember(value)
     _aws_cache[target] = (time.monotonic(), value)
     return value
 
