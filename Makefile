@@ -9,7 +9,7 @@ EXTRAS := dev,bench
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo '$(EXTRAS)') | cksum | cut -d' ' -f1)
 SERVICES := $(PY) tests/servers/services.py
 
-.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke bench-markers bench-stores soak clean
+.PHONY: help venv services services-down status test test-unit lint typecheck demo bench bench-smoke bench-markers bench-stores soak compose-check clean
 
 help:
 	@echo "make demo           run a real pipeline end to end (S3 -> SQS -> Kafka -> tasks)"
@@ -75,6 +75,17 @@ bench-stores: venv
 
 # Minutes, not in CI: two processes under load while pauses, kills and broker bounces come
 # and go; exits non-zero on any duplicate or lost event.
+# `docker compose config` on the compose files, with Docker Compose built from the Go
+# module proxy when no `docker compose` is installed (not in CI: a few minutes' build).
+COMPOSE_VERSION := v5.6.0
+compose-check:
+	@if docker compose version >/dev/null 2>&1; then c="docker compose"; else \
+	  c=.hw/bin/docker-compose; if [ ! -x $$c ]; then \
+	    mkdir -p .hw/bin .hw/compose-src && GOFLAGS=-mod=mod go mod download -json github.com/docker/compose/v5@$(COMPOSE_VERSION) >/dev/null && \
+	    rm -rf .hw/compose-src && cp -r $$(go env GOMODCACHE)/github.com/docker/compose/v5@$(COMPOSE_VERSION) .hw/compose-src && \
+	    chmod -R u+w .hw/compose-src && (cd .hw/compose-src && go build -o ../bin/docker-compose ./cmd); fi; fi; \
+	for f in compose/docker-compose.yml compose/docker-compose.roles.yml; do $$c -f $$f config -q && echo "$$f: ok"; done
+
 soak: venv services
 	$(PY) -m soak.run
 
