@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from headwater.bridges.base import DeadLettering, Delivery, Source
 from headwater.bridges.mapping import to_cloudevents
+from headwater.runner import metrics
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, NotConnected, RecordTooLarge
 from headwater.runner.flow.backoff import RECONNECT, Backoff, Retry, pause
@@ -66,6 +68,7 @@ class Pump:
         self._valve = valve
         self._report = report
         self._down = False  # the source's outage has been reported
+        self._counted = [0, 0]
 
     async def run(self, stopping: asyncio.Event) -> None:
         await self._reconnect(stopping, first=True)
@@ -169,6 +172,7 @@ class Pump:
         the copies that did land are deduplicated downstream (same event id, same run id).
         """
         dead_lettered: set[int] = set()  # settled at the source already: neither ack nor nack
+        self._counted = [0, 0]  # events and bytes written, counted once Kafka has them
         try:
             # aiokafka can block inside a send while the broker is away: bound it too.
             writes = self._write(deliveries, dead_lettered)
@@ -188,6 +192,11 @@ class Pump:
                 self._write_timeout,
             )
             return [], pending
+        if self._counted[0]:
+            name, cloud = self._source.name, CLOUDS.get(deliveries[0].kind, deliveries[0].kind)
+            metrics.EVENTS_IN.labels(name, cloud).inc(self._counted[0])
+            metrics.BYTES_IN.labels(name, cloud).inc(self._counted[1])
+            metrics.LAST_EVENT.labels(name).set(time.time())
         return pending, []
 
     async def _write(
@@ -212,7 +221,9 @@ class Pump:
                     await self._add_dlq(delivery, str(exc))
                 continue
             try:
+                self._counted[1] += len(delivery.body)
                 for event in events:
+                    self._counted[0] += 1
                     headers, value = to_kafka(event)
                     key = delivery.key or event.extensions.get("partitionkey") or event.subject
                     await self._writer.add(
@@ -234,7 +245,18 @@ class Pump:
         log.warning(
             "%s: message %s sent to DLQ: %s", self._source.name, delivery.message_id, reason
         )
+        metrics.DLQ_RECORDS.labels("bridge").inc()
         await self._writer.add(self._topics.dlq, dlq_record(reason, origin, delivery.body))
+
+
+#: The cloud of each bridge kind, for the metrics' ``cloud`` label.
+CLOUDS = {
+    "sqs": "aws",
+    "pubsub": "gcp",
+    "servicebus": "azure",
+    "webhook": "http",
+    "filedrop": "local",
+}
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:

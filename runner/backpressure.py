@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from headwater.runner import metrics
 from headwater.runner.envelope import to_kafka
 from headwater.runner.flow.backoff import pause
 from headwater.runner.flow.gate import Change
@@ -103,7 +104,9 @@ class Backpressure:
         topics = self._settings.topics
         router: dict[str, int] = {}
         bridges: dict[str, int] = {}
-        for (_, topic), partitions in (await reader.read(self._wanted)).items():
+        for (group, topic), partitions in (await reader.read(self._wanted)).items():
+            for partition, lag in partitions.items():
+                metrics.CONSUMER_LAG.labels(group, topic, str(partition)).set(lag.lag)
             pending = sum(p.lag for p in partitions.values())
             if topic == topics.control:
                 router[PENDING_RUNS] = pending + sum(

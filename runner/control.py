@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from headwater.runner import metrics
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.log import kafka
@@ -179,11 +180,13 @@ class ControlProcessor:
         except BadMessage as exc:
             origin = record_origin(record)
             await writer.add(self._topics.dlq, dlq_record(str(exc), origin, record.value))
+            metrics.DLQ_RECORDS.labels("control").inc()
             return
         problem = self._table.apply(record.partition, message, changes)
         if problem is not None:
             origin = record_origin(record, **concerns(message))
             await writer.add(self._topics.dlq, dlq_record(problem, origin, record.value))
+            metrics.DLQ_RECORDS.labels("control").inc()
 
     async def _write(self, changes: Changes, writer: kafka.BatchWriter) -> dict[int, list[Any]]:
         """The batch's changelog records (in their control partition's changelog partition)

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from headwater.runner import metrics
 from headwater.runner.envelope import CloudEvent, from_kafka
 from headwater.runner.errors import BadMessage, RecordTooLarge
 from headwater.runner.flow.pressure import PENDING_RUNS, Valve
@@ -95,6 +96,8 @@ class EventRouter:
     ) -> None:
         writes, windows = self._plan(batch)
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        for tp, records in batch.items():
+            metrics.EVENTS_ROUTED.labels(tp.topic).inc(len(records))
         if self._valve is not None:  # counted before the next look at the lags does
             self._valve.add(PENDING_RUNS, len(writes) + windows.count())
         if windows.empty():
@@ -126,12 +129,14 @@ class EventRouter:
                 origin = {"topic": topic, "key": (key or b"").decode("utf-8", "replace")}
                 entry = dlq_record(f"run request not written: {exc}", origin, value)
                 await writer.add(self._topics.dlq, entry)
+                metrics.DLQ_RECORDS.labels("router").inc()
 
     def _plan(self, batch: dict[TopicPartition, list[Any]]) -> tuple[list[_Write], _Windows]:
         """The writes a fetched batch causes: run requests and DLQ records, and the events
         gathered per batching window."""
         writes: list[_Write] = []
         windows = _Windows()
+        requested: dict[str, int] = {}  # counted per batch: metrics stay off the per-event path
         for records in batch.values():
             for record in records:
                 headers = record.headers
@@ -142,6 +147,7 @@ class EventRouter:
                     origin = record_origin(record)
                     value = dlq_record(reason, origin, record.value, record.headers)
                     writes.append((self._topics.dlq, value, None, None))
+                    metrics.DLQ_RECORDS.labels("router").inc()
                     continue
                 for match in self._index.matches(event):
                     if match.pipeline.joins(match.trigger.id):
@@ -151,10 +157,15 @@ class EventRouter:
                             origin = record_origin(record, pipeline=match.pipeline.name)
                             value = dlq_record(missing, origin, record.value, record.headers)
                             writes.append((self._topics.dlq, value, None, None))
+                            metrics.DLQ_RECORDS.labels("router").inc()
                     elif match.trigger.batch is None:
                         writes.append(self._run_request(match.pipeline, event))
+                        name = match.pipeline.name
+                        requested[name] = requested.get(name, 0) + 1
                     else:
                         windows.add(match, event, kafka.record_size(None, record.value, headers))
+        for name, count in requested.items():
+            metrics.RUNS_REQUESTED.labels(name).inc(count)
         return writes, windows
 
     def _run_request(self, pipeline: Pipeline, event: CloudEvent) -> _Write:

@@ -38,6 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from headwater.runner import metrics
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, TaskFailed
 from headwater.runner.executor import TaskContext, execute
@@ -341,6 +342,9 @@ class Worker:
         started: float,
     ) -> _Write:
         """The ``task.finished`` write of an attempt, with where it ran."""
+        outcome = "succeeded" if ok else "failed"
+        duration = max(0.0, time.time() - started)
+        metrics.TASK_DURATION.labels(request["pipeline"], task, outcome).observe(duration)
         ran_on: dict[str, Any] = {
             "route": self._info.name,
             "region": self._info.region,
@@ -394,6 +398,7 @@ class Worker:
             await writer.add(self._topics.status, value, key=self._route.encode(), headers=headers)
 
     def _dlq(self, record: Any, reason: str) -> _Write:
+        metrics.DLQ_RECORDS.labels("worker").inc()
         return self._topics.dlq, dlq_record(reason, record_origin(record), record.value), None
 
 

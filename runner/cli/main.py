@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from headwater.bridges import sources
 from headwater.bridges.base import Source
+from headwater.runner import metrics
 from headwater.runner.cli import replay
 from headwater.runner.engine import ROLES, serve
 from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
@@ -35,7 +36,8 @@ from headwater.runner.log.reader import lags, read_now, topic_partitions
 from headwater.runner.model.config import load_config, residency_problems
 from headwater.runner.model.loader import load_pipelines, validate_paths
 from headwater.runner.model.pipeline import Pipeline
-from headwater.runner.observe.hooks import ConsoleProgress
+from headwater.runner.observe.hooks import ConsoleProgress, Observers
+from headwater.runner.observe.metrics import MetricsObserver
 from headwater.runner.observe.status import Status
 from headwater.runner.secrets import RedactingFilter
 from headwater.runner.settings import Settings
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run bridges + runner + worker in one process")
     dev.add_argument("pipelines", nargs="+", type=Path, help="pipeline files or directories")
+    dev.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there")
     sources.add_arguments(dev)
     dev.set_defaults(command=_dev)
 
@@ -106,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the routes this process's workers serve, comma-separated (default: all)",
     )
+    run.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there")
     run.set_defaults(command=_run)
 
     validate = commands.add_parser("validate", help="check pipeline files and config files")
@@ -208,15 +212,17 @@ def _run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in config.pipelines if not p.exists()]
     if missing:
         raise ConfigError(f"{config.file}: pipelines: no such file or folder: {', '.join(missing)}")
-    try:
-        pipelines = load_pipelines(config.pipelines)
-    except PipelineErrors as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    pipelines = _load(list(config.pipelines))
+    if pipelines is None:
         return 1
-    for folder in config.pipelines:  # tasks' modules live beside the pipeline files
-        sys.path.insert(0, str((folder if folder.is_dir() else folder.parent).resolve()))
+    declared = {r.name: RouteInfo(r.name, r.region, r.residency, r.fallback) for r in config.routes}
+    problems = residency_problems(pipelines, declared)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
     bridged = sources.from_config(config.sources) if "bridges" in roles else []
+    _serve_metrics(args.metrics)
     served = ", ".join(routes) if routes is not None else "all routes"
     print(
         f"headwater run: roles {', '.join(roles)} ({served}); {len(pipelines)} pipeline(s), "
@@ -224,12 +230,6 @@ def _run(args: argparse.Namespace) -> int:
         f"{settings.topics.prefix}*, instance {settings.instance}",
         flush=True,
     )
-    declared = {r.name: RouteInfo(r.name, r.region, r.residency, r.fallback) for r in config.routes}
-    problems = residency_problems(pipelines, declared)
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1
     asyncio.run(
         _serve_until_signal(
             settings,
@@ -246,18 +246,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dev(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    _check_state_dir(settings.state_dir)
+def _serve_metrics(address: str | None) -> None:
+    """``--metrics HOST:PORT``: Prometheus metrics at ``http://HOST:PORT/metrics``."""
+    if address is None:
+        return
+    port = address.rpartition(":")[2]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--metrics: {address!r} is not HOST:PORT (such as 0.0.0.0:9464)")
     try:
-        pipelines = load_pipelines(args.pipelines)
+        metrics.serve(address)
+    except OSError as exc:
+        raise ConfigError(f"--metrics: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+def _load(paths: list[Path]) -> list[Pipeline] | None:
+    """The pipelines at ``paths`` (their problems printed: ``None``); their tasks'
+    modules, which live beside the pipeline files, become importable."""
+    try:
+        pipelines = load_pipelines(paths)
     except PipelineErrors as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return 1
-    for path in args.pipelines:  # tasks' modules live beside the pipeline files
+        return None
+    for path in paths:
         folder = path if path.is_dir() else path.parent
         sys.path.insert(0, str(folder.resolve()))
+    return pipelines
+
+
+def _dev(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    _check_state_dir(settings.state_dir)
+    pipelines = _load(args.pipelines)
+    if pipelines is None:
+        return 1
+    _serve_metrics(args.metrics)
     bridged = sources.build(args)
     print(
         f"headwater dev: {len(pipelines)} pipeline(s), {len(bridged)} source(s), "
@@ -293,7 +316,7 @@ async def _serve_until_signal(
         settings,
         pipelines,
         sources,
-        ConsoleProgress(),
+        Observers([ConsoleProgress(), MetricsObserver()]),
         stopping,
         roles=roles,
         routes=routes,

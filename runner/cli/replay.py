@@ -12,8 +12,10 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from headwater.runner import replay as replaying
 from headwater.runner.durations import parse_duration
@@ -116,55 +118,46 @@ def _replay(args: argparse.Namespace) -> int:
     if pipeline is None:
         return 1
     replay = args.id or replaying.replay_id()
-    print(
-        f"replay {replay}: pipeline {pipeline.name}, events logged from "
-        f"{_iso(args.start)} to {_iso(args.end)}" + (" (dry run)" if args.dry_run else ""),
-        flush=True,
+    spans = f"pipeline {pipeline.name}, events logged from"
+    work = replaying.replay(
+        Settings.from_env(),
+        pipeline,
+        args.start,
+        args.end,
+        only_missing=args.only_missing,
+        dry_run=args.dry_run,
+        replay=replay,
+        say=_say,
     )
-    try:
-        tally = asyncio.run(
-            replaying.replay(
-                Settings.from_env(),
-                pipeline,
-                args.start,
-                args.end,
-                only_missing=args.only_missing,
-                dry_run=args.dry_run,
-                replay=replay,
-                say=_say,
-            )
-        )
-    except replaying.ReplayError as exc:
-        print(f"headwater replay: {exc}", file=sys.stderr)
-        return 1
-    print(f"replay {replay}: {tally.summary(args.dry_run)}", flush=True)
-    return 0
+    return _carry_out(args, "replay", replay, spans, work)
 
 
 def _backfill(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args)
     if pipeline is None:
         return 1
-    print(
-        f"backfill {pipeline.name}: ticks from {_iso(args.start)} to {_iso(args.end)}"
-        + (" (dry run)" if args.dry_run else ""),
-        flush=True,
+    work = replaying.backfill(
+        Settings.from_env(), pipeline, args.start, args.end, dry_run=args.dry_run, say=_say
     )
+    return _carry_out(args, "backfill", pipeline.name, "ticks from", work)
+
+
+def _carry_out(
+    args: argparse.Namespace,
+    command: str,
+    name: str,
+    spans: str,
+    work: Coroutine[Any, Any, replaying.Tally],
+) -> int:
+    """Say what is done, do it, sum it up (a refusal: its reason, exit code 1)."""
+    dry = " (dry run)" if args.dry_run else ""
+    print(f"{command} {name}: {spans} {_iso(args.start)} to {_iso(args.end)}{dry}", flush=True)
     try:
-        tally = asyncio.run(
-            replaying.backfill(
-                Settings.from_env(),
-                pipeline,
-                args.start,
-                args.end,
-                dry_run=args.dry_run,
-                say=_say,
-            )
-        )
+        tally = asyncio.run(work)
     except replaying.ReplayError as exc:
-        print(f"headwater backfill: {exc}", file=sys.stderr)
+        print(f"headwater {command}: {exc}", file=sys.stderr)
         return 1
-    print(f"backfill {pipeline.name}: {tally.summary(args.dry_run)}", flush=True)
+    print(f"{command} {name}: {tally.summary(args.dry_run)}", flush=True)
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from headwater.runner import metrics
 from headwater.runner.envelope import CloudEvent, new_id, now_iso
 from headwater.runner.flow.gate import Change
 
@@ -128,6 +129,7 @@ def _age(since: str, now: datetime) -> str:
 def status_event(change: Change, instance: str, role: str) -> CloudEvent:
     """The CloudEvent of one flow transition (``headwater.breaker.opened``,
     ``headwater.flow.paused``...) reported by ``role`` (worker, router...) of ``instance``."""
+    metrics.flow_change(change.kind, change.scope)
     return CloudEvent(
         id=new_id(),
         source=f"headwater/{role}/{instance}",

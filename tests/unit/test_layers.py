@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"headwater.runner": ROOT / "runner", "headwater.bridges": ROOT / "bridges"}
 
-BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow"})
+BASE = frozenset({"errors", "durations", "secrets", "settings", "envelope", "flow", "metrics"})
 LOOPS = frozenset(
     {
         "router",
