@@ -105,7 +105,7 @@ async def replay(
     tally = Tally()
     progress = _Progress(say, "replay " + replay)
     async with _Requests(settings, dry_run) as requests:
-        async for record, total in _records(settings, settings.topics.events, start, end):
+        async for record, total in records_between(settings, settings.topics.events, start, end):
             tally.read += 1
             progress.show(tally, total)
             try:
@@ -216,7 +216,7 @@ class _Progress:
         self._say(f"{self._what}: read {tally.read:,}, done")
 
 
-async def _records(
+async def records_between(
     settings: Settings, topic: str, start: float, end: float
 ) -> AsyncIterator[tuple[Any, int]]:
     """The records of ``topic`` whose log timestamp is in [start, end), partition by
@@ -264,7 +264,7 @@ async def _succeeded(
     ``pipeline`` for, completed from ``since`` on (its runs cannot end before it)."""
     out: set[tuple[str, str]] = set()
     statuses = {"succeeded", "failed"} if failed_too else {"succeeded"}
-    async for record, _ in _records(settings, settings.topics.completions, since, 1e12):
+    async for record, _ in records_between(settings, settings.topics.completions, since, 1e12):
         try:
             completion = orjson.loads(record.value)
             if completion.get("pipeline") == pipeline and completion.get("status") in statuses:

@@ -1,4 +1,5 @@
-"""``headwater replay`` and ``headwater backfill``: runs for a span of the past.
+"""``headwater replay``, ``headwater backfill`` (runs for a span of the past) and
+``headwater trace`` (why an event did or did not start runs).
 
 Pipelines come from ``--pipelines PATH`` (repeatable), else ``$HEADWATER_PIPELINES``
 (paths separated by ``:``), else ``./pipelines``. Times are ISO 8601 (a time without an
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.runner import replay as replaying
+from headwater.runner import trace as tracing
 from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError, PipelineErrors
 from headwater.runner.model.loader import load_pipelines
@@ -52,6 +54,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _span(backfill)
     backfill.set_defaults(command=_backfill)
 
+    tracing = commands.add_parser(
+        "trace", help="why an event did or did not start runs (by event id or source message id)"
+    )
+    tracing.add_argument("id", help="an event id, or the id of the source message (hwmsgid)")
+    tracing.add_argument("paths", nargs="*", type=Path, help="pipeline files or directories")
+    tracing.add_argument(
+        "--since", type=_when, default=None, help="how far back to look (default: -24h)"
+    )
+    tracing.add_argument(
+        "--pipelines", action="append", type=Path, default=[], help="pipeline file or folder"
+    )
+    tracing.set_defaults(command=_trace)
+
 
 def _span(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="start", required=True, type=_when, help="span start")
@@ -83,7 +98,29 @@ def _when(text: str) -> float:
     return when.timestamp()
 
 
+def _trace(args: argparse.Namespace) -> int:
+    pipelines = _all(args)
+    if pipelines is None:
+        return 1
+    since = args.since if args.since is not None else time.time() - 86_400
+    found = asyncio.run(
+        tracing.trace(Settings.from_env(), args.id, pipelines.values(), since, _say)
+    )
+    return 0 if found else 1
+
+
 def _pipeline(args: argparse.Namespace) -> Pipeline | None:
+    pipelines = _all(args)
+    if pipelines is None:
+        return None
+    found = pipelines.get(args.pipeline)
+    if found is None:
+        known = ", ".join(sorted(pipelines)) or "none"
+        raise ConfigError(f"no pipeline {args.pipeline!r} (found: {known})")
+    return found
+
+
+def _all(args: argparse.Namespace) -> dict[str, Pipeline] | None:
     paths = [*args.paths, *args.pipelines]
     if not paths:
         listed = os.environ.get("HEADWATER_PIPELINES", "")
@@ -100,13 +137,7 @@ def _pipeline(args: argparse.Namespace) -> Pipeline | None:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
-    found = pipelines.get(args.pipeline)
-    if found is None:
-        known = ", ".join(sorted(pipelines)) or "none"
-        raise ConfigError(
-            f"no pipeline {args.pipeline!r} in {', '.join(map(str, paths))} (found: {known})"
-        )
-    return found
+    return pipelines
 
 
 def _say(line: str) -> None:

@@ -100,6 +100,32 @@ def triggered_by(trigger: Trigger, upstream: str) -> bool:
     )
 
 
+def explain(trigger: Trigger, event: CloudEvent) -> str | None:
+    """Why ``trigger`` does not match ``event``: its first filter that fails, with the
+    value it saw (``None``: it matches). The same tests as ``trigger_matches``."""
+    for name, pattern, actual in (
+        ("type", trigger.type, event.type),
+        ("source", trigger.source, event.source),
+        ("subject", trigger.subject, event.subject),
+    ):
+        if not _text_test(pattern)(actual):
+            seen = "absent" if actual is None else f'"{actual}"'
+            how = "match" if pattern is not None and is_glob(pattern) else "equal"
+            return f'{name} {seen} does not {how} "{pattern}"'
+    for condition in trigger.conditions:
+        if not condition_holds(condition, event.data):
+            path = "data." + ".".join(condition.path)
+            actual = lookup(event.data, condition.path)
+            seen = "absent" if actual is MISSING else _shown(actual)
+            return f"{path} is {seen}, not {condition.op} {_shown(condition.value)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class Match(NamedTuple):
     pipeline: Pipeline
     position: int  # of the trigger in the pipeline's ``triggers``

@@ -32,6 +32,7 @@ LOOPS = frozenset(
         "scheduler",
         "replay",
         "routing",
+        "trace",
     }
 )
 #: What each layer may import (its own layer included).

@@ -108,3 +108,30 @@ def test_index_agrees_with_testing_every_trigger() -> None:
                     p.name for p in pipelines if any(trigger_matches(t, e) for t in p.triggers)
                 ]
                 assert [p.name for p in index.match(e)] == expected, (kind, subject, size)
+
+
+def test_explain_names_the_first_filter_that_fails_and_the_value_it_saw() -> None:
+    from headwater.runner.envelope import CloudEvent
+    from headwater.runner.model.matching import explain
+    from headwater.runner.model.pipeline import Condition, Trigger
+
+    trigger = Trigger(
+        "aws.s3.*",
+        subject="s3://*/incoming/*.csv",
+        conditions=(Condition(("size",), "gt", 0), Condition(("tags",), "exists", True)),
+    )
+    event = CloudEvent("1", "/s3", "aws.s3.object.created", {"size": 3, "tags": []})
+    assert explain(trigger, event) == 'subject absent does not match "s3://*/incoming/*.csv"'
+    event.subject = "s3://b/in/x.txt"
+    assert explain(trigger, event) == (
+        'subject "s3://b/in/x.txt" does not match "s3://*/incoming/*.csv"'
+    )
+    event.subject = "s3://b/incoming/x.csv"
+    assert explain(trigger, event) is None
+    event.data = {"size": 0}
+    assert explain(trigger, event) == "data.size is 0, not gt 0"
+    event.data = {"size": 1}
+    assert explain(trigger, event) == "data.tags is absent, not exists True"
+    assert explain(Trigger("orders.placed"), event) == (
+        'type "aws.s3.object.created" does not equal "orders.placed"'
+    )
