@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
+from headwater.runner.alerts import Alerts
 from headwater.runner.backpressure import Backpressure
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
@@ -70,6 +71,9 @@ async def serve(
     if routing:
         components["router"] = EventRouter(settings, pipelines, pressure.router).run
         components["scheduler"] = Scheduler(settings, pipelines).run
+        if settings.alert_webhook:
+            alerts = Alerts(settings, settings.alert_webhook, settings.alert_every)
+            components["alerts"] = alerts.run
     if "control" in roles:
         components["control"] = ControlProcessor(settings, by_name, observer).run
     if "worker" in roles:

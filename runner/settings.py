@@ -19,7 +19,7 @@ from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError
 from headwater.runner.flow.breaker import BreakerSpec
 from headwater.runner.flow.pressure import Bounds
-from headwater.runner.secrets import resolve_reference
+from headwater.runner.secrets import is_reference, resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
@@ -197,6 +197,10 @@ class Settings:
     health_timeout: float = 5.0
     #: how much waiting work makes the router and the bridges stop taking more (0: no bound)
     bounds: Bounds = field(default_factory=Bounds)
+    #: where alerts are posted (a secret reference to a Slack-compatible webhook URL)
+    alert_webhook: str | None = field(default=None, repr=False)
+    #: seconds between two alerts of one kind about one pipeline or route
+    alert_every: float = 60.0
 
     @property
     def state_dir(self) -> Path:
@@ -222,7 +226,15 @@ class Settings:
             raise ConfigError(
                 f"HEADWATER_WORKER_CONCURRENCY: {concurrency!r} is not a count from 1 to 10000"
             )
+        webhook = env.get("HEADWATER_ALERT_WEBHOOK") or None
+        if webhook is not None and not is_reference(webhook):
+            raise ConfigError(
+                "HEADWATER_ALERT_WEBHOOK: a webhook URL is a secret: give a reference such as "
+                "${env:SLACK_WEBHOOK_URL} or ${file:/run/secrets/webhook}"
+            )
         return cls(
+            alert_webhook=webhook,
+            alert_every=_positive_duration(env, "HEADWATER_ALERT_EVERY", 60.0),
             kafka=KafkaSettings.from_env(env),
             topics=Topics(prefix=env.get("HEADWATER_TOPIC_PREFIX", "hw.")),
             instance=env.get("HEADWATER_INSTANCE") or socket.gethostname(),

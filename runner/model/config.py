@@ -118,6 +118,7 @@ _DURATIONS: tuple[DocPath, ...] = (
     ("health", "timeout"),
     ("failover", "after"),
     ("failover", "heartbeat"),
+    ("alerts", "every"),
 )
 
 
@@ -233,6 +234,11 @@ def _build(data: dict[str, Any], path: Path) -> Config:
                 env[f"HEADWATER_{section.upper()}_{name.upper()}"] = str(data[section][name])
     if "state_dir" in data:
         env["HEADWATER_STATE_DIR"] = _relative(path, data["state_dir"])
+    alerts = data.get("alerts", {})
+    if "webhook" in alerts:
+        env["HEADWATER_ALERT_WEBHOOK"] = alerts["webhook"]
+    if "every" in alerts:
+        env["HEADWATER_ALERT_EVERY"] = str(alerts["every"])
     if "standby" in data:
         env["HEADWATER_STANDBY"] = "1" if data["standby"] else "0"
     given = data.get("pipelines", "pipelines")

@@ -33,6 +33,7 @@ LOOPS = frozenset(
         "replay",
         "routing",
         "trace",
+        "alerts",
     }
 )
 #: What each layer may import (its own layer included).
