@@ -36,7 +36,7 @@ from headwater.runner.log.reader import lags, read_now, topic_partitions
 from headwater.runner.model.config import load_config, residency_problems
 from headwater.runner.model.loader import load_pipelines, validate_paths
 from headwater.runner.model.pipeline import Pipeline
-from headwater.runner.observe.hooks import ConsoleProgress, Observers
+from headwater.runner.observe.hooks import ConsoleProgress, JsonFormatter, Observers
 from headwater.runner.observe.metrics import MetricsObserver
 from headwater.runner.observe.status import Status
 from headwater.runner.secrets import RedactingFilter
@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:  # a resolved secret never reaches a log
         handler.addFilter(RedactingFilter())
+        if args.log_format == "json":
+            handler.setFormatter(JsonFormatter())
     if not args.verbose:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our components say why
         logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -80,6 +82,12 @@ def _check_state_dir(folder: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headwater", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("HEADWATER_LOG_FORMAT", "text"),
+        help="log lines as text, or one JSON object per line (default: $HEADWATER_LOG_FORMAT)",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     dev = commands.add_parser("dev", help="run bridges + runner + worker in one process")
@@ -238,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             roles=roles,
             routes=routes,
             said="run",
+            json_lines=args.log_format == "json",
             declared=declared,
             failover_after=config.failover_after,
             heartbeat=config.heartbeat_every,
@@ -287,7 +296,8 @@ def _dev(args: argparse.Namespace) -> int:
         f"Kafka {settings.kafka.bootstrap}, topics {settings.topics.prefix}*",
         flush=True,
     )
-    asyncio.run(_serve_until_signal(settings, pipelines, bridged))
+    json_lines = args.log_format == "json"
+    asyncio.run(_serve_until_signal(settings, pipelines, bridged, json_lines=json_lines))
     hung = hung_threads()
     if hung:  # a thread cannot be stopped, and Python would wait for it at exit, forever
         print(f"headwater dev: leaving {hung} hung task thread(s) behind", flush=True)
@@ -304,6 +314,7 @@ async def _serve_until_signal(
     roles: Sequence[str] = ROLES,
     routes: Sequence[str] | None = None,
     said: str = "dev",
+    json_lines: bool = False,
     declared: Mapping[str, RouteInfo] | None = None,
     failover_after: float = 10.0,
     heartbeat: float = 2.0,
@@ -316,7 +327,7 @@ async def _serve_until_signal(
         settings,
         pipelines,
         sources,
-        Observers([ConsoleProgress(), MetricsObserver()]),
+        Observers([ConsoleProgress(json=json_lines), MetricsObserver()]),
         stopping,
         roles=roles,
         routes=routes,

@@ -111,3 +111,25 @@ async def test_metrics_of_an_end_to_end_run(
     assert {"group", "topic", "partition"} <= set(lags[0]), lags
     every_label = {key for (_, labels) in samples for key, _ in labels}
     assert not every_label & {"run_id", "event_id", "id"}, every_label
+
+
+async def test_json_log_lines_name_the_run_and_task(
+    settings: Settings, headwater_dev: Start, tmp_path: Path
+) -> None:
+    import orjson
+
+    process = headwater_dev(
+        {"flaky.yaml": FLAKY, "metric_tasks.py": TASKS}, env={"HEADWATER_LOG_FORMAT": "json"}
+    )
+    await process.output_shows("headwater dev:")
+    await publish(settings, "test.metrics", ["j"])
+    await process.output_shows('"event":"run.finished"')
+    lines = [orjson.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines if "event" in line]
+    assert events[:1] == ["run.started"] and events[-1] == "run.finished", events
+    attempts = [line for line in lines if line.get("event") == "task.attempt"]
+    assert [(a["task"], a["attempt"], a["status"]) for a in attempts] == [
+        ("wobble", 1, "retry_wait"),
+        ("wobble", 2, "succeeded"),
+    ]
+    assert len({line["run_id"] for line in lines if "run_id" in line}) == 1
