@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from headwater.bridges import sources
 from headwater.bridges.base import Source
 from headwater.runner import metrics
-from headwater.runner.cli import replay
+from headwater.runner.cli import inspect, replay
 from headwater.runner.engine import ROLES, serve
 from headwater.runner.envelope import CloudEvent, from_kafka, new_id, now_iso, to_kafka
 from headwater.runner.errors import ConfigError, PipelineErrors
@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run some or all roles of a production process from a config file"
     )
     run.add_argument(
+        "action",
+        nargs="*",
+        help="show ID: one run's tasks, attempts, outputs and errors (without: serve)",
+    )
+    run.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -141,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(command=_status)
     replay.add_commands(commands)
+    inspect.add_commands(commands)
     return parser
 
 
@@ -201,6 +207,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.action:
+        if len(args.action) == 2 and args.action[0] == "show":
+            return inspect.show_run(args.action[1])
+        print("headwater run: give show ID, or no words to serve", file=sys.stderr)
+        return 2
     path = args.config or Path(os.environ.get("HEADWATER_CONFIG") or "headwater.yaml")
     try:
         config = load_config(path, sources.problems)

@@ -88,3 +88,32 @@ async def test_trace_says_why_an_event_did_or_did_not_fire(
     assert "task summarise: succeeded, 2 attempt(s)" in hit.stdout, hit.stdout
     nothing = trace("no-such-event")
     assert nothing.returncode == 1 and "no event with id" in nothing.stdout
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [HEADWATER, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    listed = cli("runs", "--pipeline", "csv-report")
+    assert listed.returncode == 0 and run_id in listed.stdout and "succeeded" in listed.stdout
+    assert "1 run(s)" in listed.stdout, listed.stdout
+    shown = cli("run", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"run {run_id} of csv-report: succeeded" in shown.stdout
+    assert "task summarise: succeeded, 2 attempt(s)" in shown.stdout
+    assert 'output: {"rows":12}' in shown.stdout, shown.stdout
+    assert cli("run", "show", "no-such-run").returncode == 1
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topics.events, b"{not json")
+    finally:
+        await producer.stop()
+    await wait_caught_up(settings, "router", settings.topics.events)
+    dead = cli("dlq", "list")
+    assert "structured CloudEvent is not valid JSON" in dead.stdout, dead.stdout
+    assert "1 record(s)" in dead.stdout
+    offset = dead.stdout.split()[0]
+    one = cli("dlq", "show", offset)
+    assert one.returncode == 0 and '"payload": "{not json"' in one.stdout, one.stdout
+    assert "0 record(s)" in cli("dlq", "list", "--reason", "nothing like it").stdout

@@ -1,0 +1,187 @@
+"""``headwater runs``, ``headwater run show ID`` and ``headwater dlq list|show``: what the
+log says about runs and dead letters, read back from ``completions``, the run table's
+changelog (``runs``: the runs still going) and ``dlq``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from headwater.runner.cli.replay import _when
+from headwater.runner.log.reader import read_now
+from headwater.runner.replay import records_between
+from headwater.runner.settings import Settings
+
+OUTPUT_CHARS = 400
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    runs = commands.add_parser("runs", help="list runs: finished (completions) and running")
+    runs.add_argument("--pipeline", default=None)
+    runs.add_argument("--status", choices=("running", "succeeded", "failed"), default=None)
+    runs.add_argument("--since", type=_when, default=None, help="default: -24h")
+    runs.add_argument("--json", action="store_true", help="one JSON object per line")
+    runs.set_defaults(command=_runs)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue: list or show its records")
+    dlq.add_argument("action", choices=("list", "show"))
+    dlq.add_argument("offset", nargs="?", type=int, help="show: the record's offset")
+    dlq.add_argument("--reason", default=None, help="list: only reasons containing this text")
+    dlq.add_argument("--since", type=_when, default=None, help="default: -7d")
+    dlq.set_defaults(command=_dlq)
+
+
+def show_run(run_id: str) -> int:
+    """``headwater run show ID``."""
+    settings = Settings.from_env()
+    found = asyncio.run(_find_run(settings, run_id))
+    if found is None:
+        print(f"no run {run_id!r} in the completions or the run table", file=sys.stderr)
+        return 1
+    print(f"run {found['run_id']} of {found['pipeline']}: {found['status']}")
+    trigger = found.get("trigger") or {}
+    print(f"  trigger: {trigger.get('type')} {trigger.get('id')} from {trigger.get('source')}")
+    for name in ("started_at", "finished_at", "duration_ms", "error"):
+        if found.get(name) is not None:
+            print(f"  {name}: {found[name]}")
+    for name, task in (found.get("tasks") or {}).items():
+        ran = task.get("ran_on") or {}
+        where = f" on {ran.get('route')}/{ran.get('region')}/{ran.get('instance')}" if ran else ""
+        attempts = task.get("attempts", task.get("attempt"))
+        took = f", {task['duration_ms']} ms" if task.get("duration_ms") is not None else ""
+        print(f"  task {name}: {task.get('status')}, {attempts} attempt(s){took}{where}")
+        if task.get("error"):
+            print(f"    error: {task['error']}")
+        if task.get("output") is not None:
+            print(f"    output: {_short(task['output'])}")
+    return 0
+
+
+async def _find_run(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    since = time.time() - 30 * 86_400
+    async for record, _ in records_between(settings, settings.topics.completions, since, 1e12):
+        completion = _json(record.value)
+        if completion and completion.get("run_id") == run_id:
+            return completion
+    running = await _running(settings)
+    return running.get(run_id)
+
+
+async def _running(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The runs the run table's changelog holds as running (latest record per run)."""
+    latest: dict[bytes, bytes | None] = {}
+    async for records in read_now(settings, settings.topics.runs):
+        for record in records:
+            if record.key is not None and b":" not in record.key[:10]:
+                latest[record.key] = record.value
+    out = {}
+    for value in latest.values():
+        run = _json(value)
+        if run and run.get("status") == "running":
+            out[run["run_id"]] = {
+                "run_id": run["run_id"],
+                "pipeline": run.get("pipeline"),
+                "status": "running",
+                "trigger": {k: (run.get("event") or {}).get(k) for k in ("id", "source", "type")},
+                "started_at": _iso(run.get("created_at")),
+                "tasks": {
+                    name: {
+                        "status": task.get("status"),
+                        "attempts": task.get("attempt"),
+                        "error": task.get("error"),
+                        "ran_on": task.get("ran_on"),
+                    }
+                    for name, task in (run.get("tasks") or {}).items()
+                },
+            }
+    return out
+
+
+def _runs(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    since = args.since if args.since is not None else time.time() - 86_400
+    rows = asyncio.run(_list_runs(settings, since, args.status))
+    rows = [r for r in rows if args.pipeline in (None, r.get("pipeline"))]
+    for row in rows:
+        if args.json:
+            print(orjson.dumps(row).decode())
+        else:
+            print(
+                f"{row['run_id']}  {row.get('pipeline')}  {row['status']:<9}  "
+                f"{row.get('started_at')}  {row.get('duration_ms') or ''}"
+            )
+    if not args.json:
+        print(f"{len(rows)} run(s)")
+    return 0
+
+
+async def _list_runs(settings: Settings, since: float, status: str | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if status in (None, "succeeded", "failed"):
+        topic = settings.topics.completions
+        async for record, _ in records_between(settings, topic, since, 1e12):
+            completion = _json(record.value)
+            if completion and status in (None, completion.get("status")):
+                rows.append(completion)
+    if status in (None, "running"):
+        rows += list((await _running(settings)).values())
+    return rows
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    since = args.since if args.since is not None else time.time() - 7 * 86_400
+    entries = asyncio.run(_dead_letters(settings, since))
+    if args.action == "show":
+        if args.offset is None:
+            print("headwater dlq show: give the record's offset (from dlq list)", file=sys.stderr)
+            return 2
+        for offset, entry in entries:
+            if offset == args.offset:
+                print(orjson.dumps(entry, option=orjson.OPT_INDENT_2).decode())
+                return 0
+        print(f"no DLQ record at offset {args.offset} since the span start", file=sys.stderr)
+        return 1
+    shown = [
+        (o, e) for o, e in entries if args.reason is None or args.reason in str(e.get("reason"))
+    ]
+    for offset, entry in shown:
+        origin = entry.get("origin") or {}
+        where = origin.get("source") or origin.get("topic") or "?"
+        print(f"{offset}  {entry.get('at')}  {where}  {entry.get('reason')}")
+    print(f"{len(shown)} record(s)")
+    return 0
+
+
+async def _dead_letters(settings: Settings, since: float) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    async for record, _ in records_between(settings, settings.topics.dlq, since, 1e12):
+        entry = _json(record.value)
+        if entry is not None:
+            out.append((record.offset, entry))
+    return out
+
+
+def _json(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= OUTPUT_CHARS else text[: OUTPUT_CHARS - 3] + "..."
+
+
+def _iso(at: Any) -> str | None:
+    if not isinstance(at, int | float):
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
