@@ -21,6 +21,7 @@ from headwater.runner.backpressure import Backpressure
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
 from headwater.runner.flow.routes import RouteInfo
+from headwater.runner.lineage import Lineage
 from headwater.runner.log import kafka
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import RunObserver
@@ -76,6 +77,7 @@ async def serve(
             components["alerts"] = alerts.run
     if "control" in roles:
         components["control"] = ControlProcessor(settings, by_name, observer).run
+        components["lineage"] = Lineage(settings, by_name).run
     if "worker" in roles:
         workers = {}
         for route in sorted(served):

@@ -64,6 +64,11 @@ class Topics:
         return f"{self.prefix}status"
 
     @property
+    def lineage(self) -> str:
+        """OpenLineage RunEvents of finished runs and their tasks (``lineage``)."""
+        return f"{self.prefix}lineage"
+
+    @property
     def heartbeats(self) -> str:
         """Workers' announcements: route, region, instance, free capacity (``routing``)."""
         return f"{self.prefix}heartbeats"

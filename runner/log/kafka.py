@@ -279,6 +279,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
         NewTopic(topics.dlq, 1, kafka.replication),
         NewTopic(topics.status, 1, kafka.replication),
         NewTopic(topics.heartbeats, 1, kafka.replication, topic_configs=short),
+        NewTopic(topics.lineage, kafka.partitions, kafka.replication),
         *(NewTopic(topics.tasks(r), kafka.partitions, kafka.replication) for r in routes),
     ]
     admin = AIOKafkaAdminClient(**settings.kafka.client_options())

@@ -181,6 +181,7 @@ def _task(
         breaker=breaker(spec["breaker"]) if "breaker" in spec else None,
         needs_services=tuple(dict.fromkeys((*services, *spec.get("needs_services", ())))),
         residency=spec.get("residency", residency),
+        outputs=tuple((o["namespace"], o["name"]) for o in spec.get("outputs", ())),
     )
 
 

@@ -127,6 +127,8 @@ class Task:
     #: where its data may be processed (``residency:``, its pipeline's if it has none):
     #: only on routes of that residency
     residency: str | None = None
+    #: the datasets it writes, as (namespace, name), for lineage (``outputs:``)
+    outputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def max_attempts(self) -> int:

@@ -9,6 +9,7 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,12 +113,25 @@ async def test_metrics_of_an_end_to_end_run(
     every_label = {key for (_, labels) in samples for key, _ in labels}
     assert not every_label & {"run_id", "event_id", "id"}, every_label
 
+    # OpenLineage: START and COMPLETE for each of the 5 runs, and for each task of it
+    def ends(records: list[object]) -> int:
+        events = [orjson.loads(r.value) for r in records]  # type: ignore[attr-defined]
+        return sum(e["eventType"] == "COMPLETE" and "." not in e["job"]["name"] for e in events)
+
+    lineage = await read_topic(settings, settings.topics.lineage, lambda r: ends(r) >= 5)
+    kinds: dict[tuple[str, str], list[str]] = {}
+    for record in lineage:
+        event = orjson.loads(record.value)
+        kinds.setdefault((event["job"]["name"], event["run"]["runId"]), []).append(
+            event["eventType"]
+        )
+    runs = [k for k in kinds if "." not in k[0]]
+    assert len(runs) == 5 and all(kinds[k] == ["START", "COMPLETE"] for k in runs), kinds
+
 
 async def test_json_log_lines_name_the_run_and_task(
     settings: Settings, headwater_dev: Start, tmp_path: Path
 ) -> None:
-    import orjson
-
     process = headwater_dev(
         {"flaky.yaml": FLAKY, "metric_tasks.py": TASKS}, env={"HEADWATER_LOG_FORMAT": "json"}
     )

@@ -34,6 +34,7 @@ LOOPS = frozenset(
         "routing",
         "trace",
         "alerts",
+        "lineage",
     }
 )
 #: What each layer may import (its own layer included).
