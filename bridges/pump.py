@@ -246,7 +246,9 @@ class Pump:
             "%s: message %s sent to DLQ: %s", self._source.name, delivery.message_id, reason
         )
         metrics.DLQ_RECORDS.labels("bridge").inc()
-        await self._writer.add(self._topics.dlq, dlq_record(reason, origin, delivery.body))
+        redrive = {"to": "bridge", "kind": delivery.kind, "message_id": delivery.message_id}
+        entry = dlq_record(reason, origin, delivery.body, redrive=redrive)
+        await self._writer.add(self._topics.dlq, entry)
 
 
 #: The cloud of each bridge kind, for the metrics' ``cloud`` label.

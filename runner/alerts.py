@@ -68,6 +68,8 @@ def alert_of(topic: str, topics: Any, record: Any) -> tuple[str, str, str, dict[
         return "run.failed", pipeline, text, fields
     if topic == topics.dlq:
         origin = value.get("origin") or {}
+        if isinstance(origin, dict) and origin.get("component") == "control":
+            return None  # a failed run's record: alerted as run.failed already
         where = origin.get("source") or origin.get("topic") or "?"
         text = f"DLQ record from {where}: {value.get('reason')}"
         return "dlq", str(where), text, {"reason": value.get("reason"), "origin": origin}

@@ -43,6 +43,7 @@ from headwater.runner.log.records import (
     decode_control,
     dlq_record,
     encode_control,
+    failed_run_record,
     record_origin,
 )
 from headwater.runner.model.pipeline import Pipeline
@@ -201,10 +202,14 @@ class ControlProcessor:
                 case Dispatched(route=route, run_id=run_id, value=value):
                     await writer.add(topics.tasks(route), value, key=run_id.encode())
                 case Completed(run=run):
-                    headers, value = to_kafka(completion_event(run))
+                    completion = completion_event(run)
+                    headers, value = to_kafka(completion)
                     await writer.add(
                         topics.completions, value, key=run.pipeline.encode(), headers=headers
                     )
+                    if run.status == "failed":  # its last attempt failed: re-drivable
+                        await writer.add(topics.dlq, failed_run_record(run, completion.data))
+                        metrics.DLQ_RECORDS.labels("control").inc()
                 case Reported(change=change):
                     instance = self._settings.instance
                     headers, value = to_kafka(status_event(change, instance, "control"))

@@ -101,7 +101,7 @@ async def replay(
         raise ReplayError(f"--to ({epoch_iso(end)}) must be after --from ({epoch_iso(start)})")
     await _topics(settings, pipeline)
     index = TriggerIndex([pipeline])
-    succeeded = await _succeeded(settings, pipeline.name, start) if only_missing else set()
+    succeeded = await succeeded_events(settings, pipeline.name, start) if only_missing else set()
     tally = Tally()
     progress = _Progress(say, "replay " + replay)
     async with _Requests(settings, dry_run) as requests:
@@ -158,7 +158,7 @@ async def backfill(
             "a narrower span at a time"
         )
     await _topics(settings, pipeline)
-    ran = await _succeeded(settings, pipeline.name, start, failed_too=True)
+    ran = await succeeded_events(settings, pipeline.name, start, failed_too=True)
     tally = Tally()
     progress = _Progress(say, "backfill " + pipeline.name)
     now = time.time()
@@ -257,7 +257,7 @@ async def records_between(
         await reader.stop()
 
 
-async def _succeeded(
+async def succeeded_events(
     settings: Settings, pipeline: str, since: float, *, failed_too: bool = False
 ) -> set[tuple[str, str]]:
     """(source, id) of the events the completions topic shows a succeeded run of

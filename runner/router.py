@@ -145,7 +145,9 @@ class EventRouter:
                 except Exception as exc:  # noqa: BLE001 - no record may stop the stream
                     reason = str(exc) if isinstance(exc, BadMessage) else _undecodable(exc)
                     origin = record_origin(record)
-                    value = dlq_record(reason, origin, record.value, record.headers)
+                    value = dlq_record(
+                        reason, origin, record.value, record.headers, {"to": "events"}
+                    )
                     writes.append((self._topics.dlq, value, None, None))
                     metrics.DLQ_RECORDS.labels("router").inc()
                     continue

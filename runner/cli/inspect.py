@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import importlib
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,9 +15,16 @@ from typing import Any
 
 import orjson
 
+from headwater.bridges import registry
+from headwater.bridges.base import Delivery
+from headwater.bridges.mapping import to_cloudevents
 from headwater.runner.cli.replay import _when
+from headwater.runner.envelope import to_kafka
+from headwater.runner.log import kafka
 from headwater.runner.log.reader import read_now
-from headwater.runner.replay import records_between
+from headwater.runner.log.records import RunRequested, encode_control
+from headwater.runner.replay import records_between, succeeded_events
+from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
 
 OUTPUT_CHARS = 400
@@ -30,10 +39,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     runs.set_defaults(command=_runs)
 
     dlq = commands.add_parser("dlq", help="the dead-letter queue: list or show its records")
-    dlq.add_argument("action", choices=("list", "show"))
-    dlq.add_argument("offset", nargs="?", type=int, help="show: the record's offset")
-    dlq.add_argument("--reason", default=None, help="list: only reasons containing this text")
+    dlq.add_argument("action", choices=("list", "show", "redrive"))
+    dlq.add_argument("offset", nargs="*", type=int, help="show/redrive: the records' offsets")
+    dlq.add_argument("--reason", default=None, help="only reasons containing this text")
     dlq.add_argument("--since", type=_when, default=None, help="default: -7d")
+    dlq.add_argument("--dry-run", action="store_true", help="redrive: say what, do nothing")
     dlq.set_defaults(command=_dlq)
 
 
@@ -139,24 +149,111 @@ def _dlq(args: argparse.Namespace) -> int:
     since = args.since if args.since is not None else time.time() - 7 * 86_400
     entries = asyncio.run(_dead_letters(settings, since))
     if args.action == "show":
-        if args.offset is None:
-            print("headwater dlq show: give the record's offset (from dlq list)", file=sys.stderr)
+        if len(args.offset) != 1:
+            print("headwater dlq show: give one record's offset (from dlq list)", file=sys.stderr)
             return 2
         for offset, entry in entries:
-            if offset == args.offset:
+            if offset == args.offset[0]:
                 print(orjson.dumps(entry, option=orjson.OPT_INDENT_2).decode())
                 return 0
-        print(f"no DLQ record at offset {args.offset} since the span start", file=sys.stderr)
+        print(f"no DLQ record at offset {args.offset[0]} since the span start", file=sys.stderr)
         return 1
-    shown = [
-        (o, e) for o, e in entries if args.reason is None or args.reason in str(e.get("reason"))
-    ]
+    wanted = args.reason
+    shown = [(o, e) for o, e in entries if wanted is None or wanted in str(e.get("reason"))]
+    if args.offset:
+        shown = [(o, e) for o, e in shown if o in set(args.offset)]
+    if args.action == "redrive":
+        return asyncio.run(redrive(settings, shown, args.dry_run, since))
     for offset, entry in shown:
         origin = entry.get("origin") or {}
-        where = origin.get("source") or origin.get("topic") or "?"
+        where = origin.get("source") or origin.get("topic") or origin.get("component") or "?"
         print(f"{offset}  {entry.get('at')}  {where}  {entry.get('reason')}")
     print(f"{len(shown)} record(s)")
     return 0
+
+
+_Write = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+
+
+async def redrive(
+    settings: Settings, entries: list[tuple[int, dict[str, Any]]], dry_run: bool, since: float
+) -> int:
+    """Send each DLQ record's work again, keeping its identity: an event goes back to
+    ``events`` (its id and source unchanged, so a run it already has is not started
+    again), a source message is mapped again by its bridge, a failed run is requested
+    again under the redrive identity of its trigger (``redrive:`` + source: a second
+    redrive is refused by the run table) unless a run of its event has since succeeded."""
+    producer = None if dry_run else kafka.producer(settings)
+    if producer is not None:
+        await producer.start()
+    sent = skipped = 0
+    try:
+        for offset, entry in entries:
+            plan = entry.get("redrive")
+            if not isinstance(plan, dict):
+                print(f"{offset}: not re-drivable ({entry.get('reason')})")
+                skipped += 1
+                continue
+            writes, said = await _redrive_writes(settings, entry, plan, since)
+            print(f"{offset}: {said}" + (" (dry run)" if dry_run and writes else ""))
+            if not writes:
+                skipped += 1
+                continue
+            sent += 1
+            for topic, value, key, headers in writes:
+                if producer is not None:
+                    await producer.send_and_wait(topic, value, key=key, headers=headers)
+    finally:
+        if producer is not None:
+            await producer.stop()
+    verb = "would redrive" if dry_run else "redrove"
+    print(f"{verb} {sent} record(s), skipped {skipped}")
+    return 0
+
+
+async def _redrive_writes(
+    settings: Settings, entry: dict[str, Any], plan: dict[str, Any], since: float
+) -> tuple[list[_Write], str]:
+    payload = _payload(entry)
+    topics = settings.topics
+    if plan.get("to") == "events":
+        given = entry.get("headers") or {}
+        headers = [(k, v.encode()) for k, v in given.items() if v is not None]
+        return [(topics.events, payload, None, headers)], "event sent back to the events topic"
+    if plan.get("to") == "bridge":
+        try:
+            events = _map_again(str(plan.get("kind")), str(plan.get("message_id")), payload)
+        except Exception as exc:  # noqa: BLE001 - still not mappable: say why
+            return [], f"still cannot be mapped: {exc}"
+        writes: list[_Write] = []
+        for event in events:
+            headers, value = to_kafka(event)
+            key = event.subject.encode() if event.subject else None
+            writes.append((topics.events, value, key, list(headers)))
+        return writes, f"source message mapped again into {len(writes)} event(s)"
+    if plan.get("to") == "control":
+        pipeline = str(plan.get("pipeline"))
+        event = orjson.loads(payload)
+        done = await succeeded_events(settings, pipeline, since)
+        if (str(event.get("source")), str(event.get("id"))) in done:
+            return [], f"a run of its event by {pipeline} has since succeeded: nothing to do"
+        run_id = run_id_for(pipeline, str(event.get("id")), f"redrive:{event.get('source')}")
+        value = encode_control(RunRequested(run_id, pipeline, event))
+        said = f"run {run_id} of {pipeline} requested"
+        return [(topics.control, value, run_id.encode(), None)], said
+    return [], f"unknown redrive {plan!r}"
+
+
+def _payload(entry: dict[str, Any]) -> bytes:
+    if "payload_base64" in entry:
+        return base64.b64decode(entry["payload_base64"])
+    return str(entry.get("payload", "")).encode()
+
+
+def _map_again(kind: str, message_id: str, body: bytes) -> list[Any]:
+    """The events ``kind``'s bridge maps a source message into now."""
+    importlib.import_module(registry.get(kind).source.partition(":")[0])  # its mapper
+    return to_cloudevents(Delivery(kind=kind, message_id=message_id, body=body))
 
 
 async def _dead_letters(settings: Settings, since: float) -> list[tuple[int, dict[str, Any]]]:

@@ -328,6 +328,7 @@ def dlq_record(
     origin: dict[str, Any],
     payload: bytes | None,
     headers: Sequence[tuple[str, bytes | None]] | None = None,
+    redrive: dict[str, Any] | None = None,
 ) -> bytes:
     """A DLQ entry: why, where from (source + message id, or topic/partition/offset), what.
 
@@ -335,6 +336,8 @@ def dlq_record(
     ``DLQ_PAYLOAD_BYTES`` is cut to its head (``payload_size`` says how big it was).
     """
     record: dict[str, Any] = {"reason": reason, "origin": origin, "at": now_iso()}
+    if redrive is not None:  # what ``headwater dlq redrive`` does with it
+        record["redrive"] = redrive
     raw = payload or b""
     if len(raw) > DLQ_PAYLOAD_BYTES:  # the entry must fit in a record: keep the head
         record["payload_size"] = len(raw)
@@ -349,3 +352,16 @@ def dlq_record(
             k: None if v is None else bytes(v).decode("utf-8", "replace") for k, v in headers
         }
     return orjson.dumps(record)
+
+
+def failed_run_record(run: Any, completion: dict[str, Any]) -> bytes:
+    """The DLQ entry of a run that failed (a task's last attempt, its timeout...): the
+    reason, the run, and its trigger event as the payload, so ``dlq redrive`` can ask
+    for it again (under a redrive identity of its own)."""
+    origin = {"component": "control", "run_id": run.run_id, "pipeline": run.pipeline}
+    failed = [n for n, t in (completion.get("tasks") or {}).items() if t.get("status") == "failed"]
+    if failed:
+        origin["task"] = failed[0]
+    reason = f"run failed: {completion.get('error') or run.status}"
+    redrive = {"to": "control", "pipeline": run.pipeline}
+    return dlq_record(reason, origin, orjson.dumps(run.event), redrive=redrive)
