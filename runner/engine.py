@@ -77,7 +77,8 @@ async def serve(
             components["alerts"] = alerts.run
     if "control" in roles:
         components["control"] = ControlProcessor(settings, by_name, observer).run
-        components["lineage"] = Lineage(settings, by_name).run
+        if settings.lineage:  # opt-in: building the events costs the control role CPU
+            components["lineage"] = Lineage(settings, by_name).run
     if "worker" in roles:
         workers = {}
         for route in sorted(served):

@@ -202,6 +202,8 @@ class Settings:
     health_timeout: float = 5.0
     #: how much waiting work makes the router and the bridges stop taking more (0: no bound)
     bounds: Bounds = field(default_factory=Bounds)
+    #: write OpenLineage events of finished runs to ``hw.lineage`` (``HEADWATER_LINEAGE``)
+    lineage: bool = False
     #: where alerts are posted (a secret reference to a Slack-compatible webhook URL)
     alert_webhook: str | None = field(default=None, repr=False)
     #: seconds between two alerts of one kind about one pipeline or route
@@ -237,7 +239,11 @@ class Settings:
                 "HEADWATER_ALERT_WEBHOOK: a webhook URL is a secret: give a reference such as "
                 "${env:SLACK_WEBHOOK_URL} or ${file:/run/secrets/webhook}"
             )
+        lineage = env.get("HEADWATER_LINEAGE", "0").strip().lower()
+        if lineage not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise ConfigError(f"HEADWATER_LINEAGE: {lineage!r} is not 1/0, true/false or yes/no")
         return cls(
+            lineage=lineage in ("1", "true", "yes"),
             alert_webhook=webhook,
             alert_every=_positive_duration(env, "HEADWATER_ALERT_EVERY", 60.0),
             kafka=KafkaSettings.from_env(env),

@@ -239,6 +239,8 @@ def _build(data: dict[str, Any], path: Path) -> Config:
         env["HEADWATER_ALERT_WEBHOOK"] = alerts["webhook"]
     if "every" in alerts:
         env["HEADWATER_ALERT_EVERY"] = str(alerts["every"])
+    if "lineage" in data:
+        env["HEADWATER_LINEAGE"] = "1" if data["lineage"] else "0"
     if "standby" in data:
         env["HEADWATER_STANDBY"] = "1" if data["standby"] else "0"
     given = data.get("pipelines", "pipelines")

@@ -73,6 +73,7 @@ async def test_metrics_of_an_end_to_end_run(
     process = headwater_dev(
         {"dropped.yaml": DROPPED, "flaky.yaml": FLAKY, "metric_tasks.py": TASKS},
         args=("--drop", str(drop), "--metrics", f"127.0.0.1:{port}"),
+        env={"HEADWATER_LINEAGE": "1"},
     )
     await process.output_shows("headwater dev:")
     for n in range(3):
