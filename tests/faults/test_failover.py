@@ -50,6 +50,7 @@ routes:
   - {{name: eu-1, region: eu-west-1, residency: eu, fallback: [eu-2]}}
   - {{name: eu-2, region: eu-central-1, residency: eu}}
   - {{name: us-1, region: us-east-1, residency: us}}
+failover: {{after: 5s}}
 """
     )
     return path
@@ -186,7 +187,7 @@ async def test_an_eu_task_never_runs_outside_the_eu_and_runs_when_an_eu_route_is
         await send(settings, "test.local", range(3))
         # us-1 works (its own tasks run) while eu-1 is down with no eu route alive
         await read_topic(settings, settings.topics.completions, lambda r: len(r) >= 3)
-        await asyncio.sleep(12)  # past the failover time: still nothing may run the eu tasks
+        await asyncio.sleep(7)  # past the failover time: still nothing may run the eu tasks
         done = completions(await read_all(settings, settings.topics.completions))
         assert {c["pipeline"] for c in done} == {"local"}, done
 
