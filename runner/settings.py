@@ -270,15 +270,6 @@ class Settings:
         )
 
 
-def _bounds(env: Mapping[str, str]) -> Bounds:
-    given = DEFAULT_BOUNDS
-    return Bounds(
-        pending_runs=_count(env, "HEADWATER_MAX_PENDING_RUNS", given.pending_runs),
-        pending_tasks=_count(env, "HEADWATER_MAX_PENDING_TASKS", given.pending_tasks),
-        events_lag=_count(env, "HEADWATER_MAX_EVENTS_LAG", given.events_lag),
-    )
-
-
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
     """A bound on waiting work from ``env[name]``: a count, 0 for none."""
     given = env.get(name, str(default)).strip().replace("_", "")
