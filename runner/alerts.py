@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from headwater.runner.log import kafka
-from headwater.runner.secrets import redact, resolve_embedded
+from headwater.runner.secrets import redact_value, resolve_embedded
 from headwater.runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,9 @@ class Alerts:
             return
         if held:
             text += f" ({held} more like it held back)"
-        body = {"text": redact(f"headwater: {text}"), "headwater": {"kind": kind, **fields}}
-        payload = orjson.loads(redact(orjson.dumps(body).decode()))
+        payload = redact_value(
+            {"text": f"headwater: {text}", "headwater": {"kind": kind, **fields}}
+        )
         try:
             url = resolve_embedded(self._webhook)
             async with session.post(

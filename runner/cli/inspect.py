@@ -187,6 +187,7 @@ async def redrive(
     if producer is not None:
         await producer.start()
     sent = skipped = 0
+    succeeded: dict[str, set[tuple[str, str]]] = {}  # per pipeline: read once, not per record
     try:
         for offset, entry in entries:
             plan = entry.get("redrive")
@@ -194,7 +195,7 @@ async def redrive(
                 print(f"{offset}: not re-drivable ({entry.get('reason')})")
                 skipped += 1
                 continue
-            writes, said = await _redrive_writes(settings, entry, plan, since)
+            writes, said = await _redrive_writes(settings, entry, plan, since, succeeded)
             print(f"{offset}: {said}" + (" (dry run)" if dry_run and writes else ""))
             if not writes:
                 skipped += 1
@@ -212,7 +213,11 @@ async def redrive(
 
 
 async def _redrive_writes(
-    settings: Settings, entry: dict[str, Any], plan: dict[str, Any], since: float
+    settings: Settings,
+    entry: dict[str, Any],
+    plan: dict[str, Any],
+    since: float,
+    succeeded: dict[str, set[tuple[str, str]]],
 ) -> tuple[list[_Write], str]:
     payload = _payload(entry)
     topics = settings.topics
@@ -234,8 +239,9 @@ async def _redrive_writes(
     if plan.get("to") == "control":
         pipeline = str(plan.get("pipeline"))
         event = orjson.loads(payload)
-        done = await succeeded_events(settings, pipeline, since)
-        if (str(event.get("source")), str(event.get("id"))) in done:
+        if pipeline not in succeeded:
+            succeeded[pipeline] = await succeeded_events(settings, pipeline, since)
+        if (str(event.get("source")), str(event.get("id"))) in succeeded[pipeline]:
             return [], f"a run of its event by {pipeline} has since succeeded: nothing to do"
         run_id = run_id_for(pipeline, str(event.get("id")), f"redrive:{event.get('source')}")
         value = encode_control(RunRequested(run_id, pipeline, event))

@@ -186,63 +186,51 @@ def _problems(
                 yield ("sources", index, *path), message
 
 
+#: Where each ``HEADWATER_*`` variable's value sits in the file (``Settings.from_env``
+#: reads them; the environment's own win over these).
+_VARIABLES: tuple[tuple[DocPath, str], ...] = (
+    (("kafka", "bootstrap"), "HEADWATER_KAFKA"),
+    (("kafka", "topic_prefix"), "HEADWATER_TOPIC_PREFIX"),
+    (("kafka", "partitions"), "HEADWATER_KAFKA_PARTITIONS"),
+    (("kafka", "replication"), "HEADWATER_KAFKA_REPLICATION"),
+    (("kafka", "security_protocol"), "HEADWATER_KAFKA_SECURITY_PROTOCOL"),
+    (("kafka", "sasl", "mechanism"), "HEADWATER_KAFKA_SASL_MECHANISM"),
+    (("kafka", "sasl", "username"), "HEADWATER_KAFKA_USERNAME"),
+    (("kafka", "sasl", "password"), "HEADWATER_KAFKA_PASSWORD"),
+    (("kafka", "tls", "key_password"), "HEADWATER_KAFKA_TLS_KEY_PASSWORD"),
+    (("limits", "max_pending_runs"), "HEADWATER_MAX_PENDING_RUNS"),
+    (("limits", "max_pending_tasks"), "HEADWATER_MAX_PENDING_TASKS"),
+    (("limits", "max_events_lag"), "HEADWATER_MAX_EVENTS_LAG"),
+    (("limits", "worker_concurrency"), "HEADWATER_WORKER_CONCURRENCY"),
+    (("limits", "task_timeout"), "HEADWATER_TASK_TIMEOUT"),
+    (("limits", "dedup_retention"), "HEADWATER_DEDUP_RETENTION"),
+    (("limits", "max_output_bytes"), "HEADWATER_MAX_OUTPUT_BYTES"),
+    (("breaker", "failures"), "HEADWATER_BREAKER_FAILURES"),
+    (("breaker", "cooldown"), "HEADWATER_BREAKER_COOLDOWN"),
+    (("health", "interval"), "HEADWATER_HEALTH_INTERVAL"),
+    (("health", "timeout"), "HEADWATER_HEALTH_TIMEOUT"),
+    (("alerts", "webhook"), "HEADWATER_ALERT_WEBHOOK"),
+    (("alerts", "every"), "HEADWATER_ALERT_EVERY"),
+    (("lineage",), "HEADWATER_LINEAGE"),
+    (("standby",), "HEADWATER_STANDBY"),
+)
+
+
 def _build(data: dict[str, Any], path: Path) -> Config:
     env: dict[str, str] = {}
+    for where, variable in _VARIABLES:
+        value = _at(data, where)
+        if value is not None:
+            env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     kafka = data.get("kafka", {})
-    simple = {
-        "bootstrap": "HEADWATER_KAFKA",
-        "topic_prefix": "HEADWATER_TOPIC_PREFIX",
-        "partitions": "HEADWATER_KAFKA_PARTITIONS",
-        "replication": "HEADWATER_KAFKA_REPLICATION",
-        "security_protocol": "HEADWATER_KAFKA_SECURITY_PROTOCOL",
-    }
-    for name, variable in simple.items():
-        if name in kafka:
-            env[variable] = str(kafka[name])
     if "request_timeout" in kafka:
         millis = round(parse_duration(kafka["request_timeout"]) * 1000)
         env["HEADWATER_KAFKA_REQUEST_TIMEOUT_MS"] = str(millis)
-    sasl = kafka.get("sasl")
-    if sasl:
-        env["HEADWATER_KAFKA_SASL_MECHANISM"] = sasl["mechanism"]
-        env["HEADWATER_KAFKA_USERNAME"] = sasl["username"]
-        env["HEADWATER_KAFKA_PASSWORD"] = sasl["password"]
-    tls = kafka.get("tls", {})
-    for name in ("ca_file", "cert_file", "key_file", "key_password"):
-        if name in tls:
-            value = tls[name] if name == "key_password" else _relative(path, tls[name])
-            env[f"HEADWATER_KAFKA_TLS_{name.upper()}"] = value
-    limits = data.get("limits", {})
-    named = {
-        "max_pending_runs": "HEADWATER_MAX_PENDING_RUNS",
-        "max_pending_tasks": "HEADWATER_MAX_PENDING_TASKS",
-        "max_events_lag": "HEADWATER_MAX_EVENTS_LAG",
-        "worker_concurrency": "HEADWATER_WORKER_CONCURRENCY",
-        "task_timeout": "HEADWATER_TASK_TIMEOUT",
-        "dedup_retention": "HEADWATER_DEDUP_RETENTION",
-        "max_output_bytes": "HEADWATER_MAX_OUTPUT_BYTES",
-    }
-    for name, variable in named.items():
-        if name in limits:
-            env[variable] = str(limits[name])
-    for section, fields in (
-        ("breaker", ("failures", "cooldown")),
-        ("health", ("interval", "timeout")),
-    ):
-        for name in fields:
-            if name in data.get(section, {}):
-                env[f"HEADWATER_{section.upper()}_{name.upper()}"] = str(data[section][name])
+    for name in ("ca_file", "cert_file", "key_file"):  # paths: relative to the file
+        if name in kafka.get("tls", {}):
+            env[f"HEADWATER_KAFKA_TLS_{name.upper()}"] = _relative(path, kafka["tls"][name])
     if "state_dir" in data:
         env["HEADWATER_STATE_DIR"] = _relative(path, data["state_dir"])
-    alerts = data.get("alerts", {})
-    if "webhook" in alerts:
-        env["HEADWATER_ALERT_WEBHOOK"] = alerts["webhook"]
-    if "every" in alerts:
-        env["HEADWATER_ALERT_EVERY"] = str(alerts["every"])
-    if "lineage" in data:
-        env["HEADWATER_LINEAGE"] = "1" if data["lineage"] else "0"
-    if "standby" in data:
-        env["HEADWATER_STANDBY"] = "1" if data["standby"] else "0"
     given = data.get("pipelines", "pipelines")
     pipelines = tuple(
         Path(_relative(path, p)) for p in ([given] if isinstance(given, str) else given)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
+
+import orjson
 
 from headwater.runner.envelope import CloudEvent
 from headwater.runner.model.pipeline import Condition, Pipeline, Trigger
@@ -35,6 +38,23 @@ def lookup(data: Any, path: tuple[str, ...]) -> Any:
         else:
             return MISSING
     return data
+
+
+#: A key value longer than this is kept as its SHA-256 (a group's or window's key is a
+#: Kafka key and a name: it stays small).
+KEY_CHARS = 200
+
+
+def key_text(value: Any) -> str:
+    """An event field's value as a grouping key: itself if a string, else its JSON; a
+    text over ``KEY_CHARS`` as ``sha256:<hex>``."""
+    try:
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits (orjson's error is a TypeError)
+        text = str(value)
+    if len(text) > KEY_CHARS:
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
 
 
 def condition_holds(condition: Condition, data: Any) -> bool:

@@ -25,7 +25,6 @@ count as running and the same starts as recent, so the limits go on exactly.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 import orjson
 
 from headwater.runner.flow.schedule import is_tick
-from headwater.runner.model.matching import MISSING, lookup
+from headwater.runner.model.matching import MISSING, key_text, lookup
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.runs.machine import Run
 from headwater.runner.runs.store import FLOW_PREFIX
@@ -43,8 +42,6 @@ from headwater.runner.runs.store import FLOW_PREFIX
 #: the limit then holds also for the start times the workers see, a little later and
 #: not all equally late.
 MARGIN_SHARE, MARGIN = 0.1, 0.5
-#: A key value longer than this is kept as its SHA-256 (a group's name stays small).
-KEY_CHARS = 200
 
 Group = tuple[str, str | None]  # (pipeline, key value)
 
@@ -62,13 +59,7 @@ def key_of(event: dict[str, Any], key: str | None) -> str | None:
         value = event.get(key)
         if value is None:
             return None
-    try:
-        text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    except TypeError:  # e.g. an integer beyond 64 bits
-        text = str(value)
-    if len(text) > KEY_CHARS:
-        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-    return text
+    return key_text(value)
 
 
 def group_of(pipeline: Pipeline, event: dict[str, Any]) -> Group | None:

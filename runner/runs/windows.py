@@ -26,7 +26,6 @@ the events' own ``time``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,15 +35,13 @@ import orjson
 
 from headwater.runner.envelope import CloudEvent, epoch_iso
 from headwater.runner.log.records import EventsBatched, RunRequested, WindowDue
-from headwater.runner.model.matching import MISSING, lookup
+from headwater.runner.model.matching import MISSING, key_text, lookup
 from headwater.runner.model.pipeline import Batching
 from headwater.runner.runs.machine import run_id_for
 
 BATCH_TYPE = "headwater.batch"
 BATCH_SOURCE_PREFIX = "/headwater/batches/"
 MAX_BYTES = 512 * 1024
-#: A key value longer than this is kept as its SHA-256.
-KEY_CHARS = 200
 CloseReason = Literal["max_events", "max_wait", "quiet_for", "max_bytes"]
 
 
@@ -67,13 +64,7 @@ def key_value(event: CloudEvent, key: str | None) -> str | None:
         value = getattr(event, key, None)
         if not isinstance(value, str):
             return None
-    try:
-        text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
-        text = str(value)
-    if len(text) > KEY_CHARS:  # a window's or join's key stays small (it is a Kafka key)
-        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-    return text
+    return key_text(value)
 
 
 # --- state ---------------------------------------------------------------------------------

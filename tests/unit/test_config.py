@@ -76,3 +76,41 @@ def test_the_first_alive_fallback_serves_a_down_route() -> None:
     assert live.server("a", 25.0) == "c"  # b went silent: c takes over
     live.seen("a", "a1", 26.0)
     assert live.server("a", 26.0) == "a" and live.down(26.0) == {"b": None}
+
+
+def test_a_garbled_heartbeat_is_no_heartbeat() -> None:
+    from headwater.runner.routing import Routing
+
+    routing = Routing(
+        Settings(),
+        {},
+        {"a": RouteInfo("a")},
+        {},
+        failover_after=10.0,
+        heartbeat=2.0,
+        clock=lambda: 100.0,
+    )
+    for garbage in (
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"route": "a"}',
+        b'{"route": "a", "at": "x"}',
+        None,
+    ):
+        routing._heard(garbage)
+    assert routing._map.last_heard("a") is None
+    routing._heard(b'{"route": "a", "instance": "w1", "at": 99.0}')
+    assert routing._map.last_heard("a") == 99.0
+
+
+def test_booleans_and_paths_of_the_config_reach_the_settings(tmp_path: Path) -> None:
+    path = tmp_path / "headwater.yaml"
+    path.write_text(
+        "lineage: true\nstandby: false\nstate_dir: state\nkafka: {tls: {ca_file: ca.pem}}\n"
+    )
+    config = load_config(path)
+    assert config.env["HEADWATER_LINEAGE"] == "1" and config.env["HEADWATER_STANDBY"] == "0"
+    assert config.env["HEADWATER_STATE_DIR"] == str(tmp_path / "state")
+    assert config.env["HEADWATER_KAFKA_TLS_CA_FILE"] == str(tmp_path / "ca.pem")
+    assert Settings.from_env(config.env).lineage is True

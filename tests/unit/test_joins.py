@@ -199,3 +199,16 @@ def test_a_long_or_odd_key_value_becomes_a_small_key() -> None:
     assert key_value(nested, "data.order_id") == '{"a":[1,2]}'
     assert key_value(CloudEvent("1", "/s", "t", {"order_id": None}), "data.order_id") is None
     assert key_value(CloudEvent("1", "/s", "t", "not a mapping"), "data.order_id") is None
+
+
+def test_an_open_join_whose_join_was_edited_away_expires_and_says_so() -> None:
+    owner = Owner()
+    owner.apply(joined("paid", event(1)))
+    owner.pipeline = Pipeline("orders", owner.pipeline.triggers, owner.pipeline.tasks)  # no join
+    owner.restart()
+    dues = [due for due, _ in owner.timers if isinstance(due, JoinDue)]
+    assert dues  # looked at again at once: the edit gave it no time
+    owner.apply(dues[0])
+    (report,) = owner.reported
+    assert report.change.data["matched"] == ["paid"] and owner.runs == []
+    assert not owner.table._partitions[0].joins
