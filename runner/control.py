@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -62,6 +63,7 @@ from headwater.runner.runs.table import (
     Partition,
     Reported,
     RunTable,
+    Stopped,
 )
 from headwater.runner.runs.timers import Timers
 from headwater.runner.settings import Settings
@@ -210,6 +212,16 @@ class ControlProcessor:
                     if run.status == "failed":  # its last attempt failed: re-drivable
                         await writer.add(topics.dlq, failed_run_record(run, completion.data))
                         metrics.DLQ_RECORDS.labels("control").inc()
+                case Stopped() as stopped:  # the workers running its attempts stop them
+                    notice = orjson.dumps(
+                        {
+                            "run_id": stopped.run_id,
+                            "pipeline": stopped.pipeline,
+                            "tasks": list(stopped.tasks),
+                            "reason": stopped.reason,
+                        }
+                    )
+                    await writer.add(topics.cancels, notice, key=stopped.run_id.encode())
                 case Reported(change=change):
                     instance = self._settings.instance
                     headers, value = to_kafka(status_event(change, instance, "control"))

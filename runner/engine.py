@@ -18,6 +18,7 @@ from headwater.bridges.base import Source
 from headwater.bridges.pump import Pump
 from headwater.runner.alerts import Alerts
 from headwater.runner.backpressure import Backpressure
+from headwater.runner.cancels import Cancels
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
 from headwater.runner.flow.routes import RouteInfo
@@ -80,10 +81,12 @@ async def serve(
         if settings.lineage:  # opt-in: building the events costs the control role CPU
             components["lineage"] = Lineage(settings, by_name).run
     if "worker" in roles:
+        cancels = Cancels(settings)  # one reader of hw.cancels for the process's workers
+        components["cancels"] = cancels.run
         workers = {}
         for route in sorted(served):
             info = (declared or {}).get(route) or RouteInfo(route)
-            workers[route] = Worker(settings, by_name, route, info=info)
+            workers[route] = Worker(settings, by_name, route, info=info, cancels=cancels)
             components[f"worker[{route}]"] = workers[route].run
         if declared is not None:
             components["routing"] = Routing(
@@ -93,6 +96,7 @@ async def serve(
                 workers,
                 failover_after=failover_after,
                 heartbeat=heartbeat,
+                cancels=cancels,
             ).run
     if bridging:
         for source in sources:

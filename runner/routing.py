@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from headwater.runner.cancels import Cancels
 from headwater.runner.envelope import to_kafka
 from headwater.runner.flow.gate import Change
 from headwater.runner.flow.routes import RouteInfo, RouteMap
@@ -51,6 +52,7 @@ class Routing:
         failover_after: float,
         heartbeat: float,
         clock: Callable[[], float] = time.time,
+        cancels: Cancels | None = None,
     ) -> None:
         self._settings = settings
         self._pipelines = pipelines
@@ -59,6 +61,7 @@ class Routing:
         self._failover_after = failover_after
         self._heartbeat = heartbeat
         self._clock = clock
+        self._cancels = cancels
         self._map = RouteMap.of(routes.values(), failover_after, clock())
         self._serving: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._down: dict[str, str | None] = {}
@@ -157,7 +160,7 @@ class Routing:
 
     def _start_serving(self, route: str, server: str | None) -> None:
         info = self._routes.get(server or "") or RouteInfo(server or route)
-        worker = Worker(self._settings, self._pipelines, route, info=info)
+        worker = Worker(self._settings, self._pipelines, route, info=info, cancels=self._cancels)
         stop = asyncio.Event()
         task = asyncio.create_task(supervise(f"worker[{route} for {info.name}]", worker.run, stop))
         self._serving[route] = (stop, task)

@@ -69,6 +69,11 @@ class Topics:
         return f"{self.prefix}lineage"
 
     @property
+    def cancels(self) -> str:
+        """Runs cancelled while attempts were out: every worker stops those (``cancels``)."""
+        return f"{self.prefix}cancels"
+
+    @property
     def heartbeats(self) -> str:
         """Workers' announcements: route, region, instance, free capacity (``routing``)."""
         return f"{self.prefix}heartbeats"

@@ -39,6 +39,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from headwater.runner import metrics
+from headwater.runner.cancels import Cancels
 from headwater.runner.envelope import to_kafka
 from headwater.runner.errors import BadMessage, TaskFailed
 from headwater.runner.executor import TaskContext, execute
@@ -58,10 +59,11 @@ from headwater.runner.log.records import (
     encode_control,
     record_origin,
 )
-from headwater.runner.model.pipeline import Pipeline
+from headwater.runner.model.pipeline import Pipeline, Task
 from headwater.runner.observe.status import status_event
 from headwater.runner.probes import Prober
 from headwater.runner.settings import Settings
+from headwater.runner.supervise import supervise
 
 log = logging.getLogger(__name__)
 FETCH_RECORDS = 500
@@ -99,16 +101,20 @@ class Worker:
         concurrency: int | None = None,
         *,
         info: RouteInfo | None = None,
+        cancels: Cancels | None = None,
     ) -> None:
         """A worker of ``route``'s requests; ``info``: the route this worker belongs to
         (its region and residency; another route than ``route`` when it serves a route
-        that is down, as its fallback)."""
+        that is down, as its fallback); ``cancels``: the process's cancelled runs, read by
+        whoever made it (without: this worker reads them itself)."""
         self._settings = settings
         self._topics = settings.topics
         self._pipelines = pipelines
         self._route = route
         self._info = info or RouteInfo(route)
         self.running = 0
+        self._own_cancels = cancels is None
+        self._cancels = cancels or Cancels(settings)
         self._concurrency = concurrency or settings.worker_concurrency
         self._gate = Gate(route, settings.breaker, time.monotonic)
         self._full = Valve(
@@ -170,6 +176,9 @@ class Worker:
         producer = kafka.producer(self._settings)  # its own: a restart starts a fresh one
         probing = asyncio.Event()
         prober = asyncio.create_task(Prober(os.environ).run(self._health, probing))
+        helpers = [prober]
+        if self._own_cancels:  # not shared: this worker reads the cancels itself
+            helpers.append(asyncio.create_task(supervise("cancels", self._cancels.run, probing)))
         async with kafka.started(producer, consumer):
             reporter = asyncio.create_task(
                 self._report(producer, consumer, uncommitted, finished, room)
@@ -204,7 +213,7 @@ class Worker:
                 probing.set()
                 for task in [*running, reporter]:
                     task.cancel()
-                await asyncio.gather(*running, reporter, prober, return_exceptions=True)
+                await asyncio.gather(*running, reporter, *helpers, return_exceptions=True)
 
     async def _report(
         self,
@@ -286,6 +295,11 @@ class Worker:
                 "run this task; it was not run"
             )
             return self._result(request, task.name, False, None, refused, True, time.time())
+        why = self._cancels.why(request["run_id"])
+        if why is not None:  # cancelled while its request waited: not started
+            return self._result(
+                request, task.name, False, None, f"{why}; not run", True, time.time()
+            )
         context = TaskContext(
             run_id=request["run_id"],
             pipeline=pipeline.name,
@@ -314,10 +328,7 @@ class Worker:
                     continue
                 started = time.time()
                 try:
-                    settings = self._settings
-                    output = await execute(
-                        task, context, settings.max_output_bytes, settings.task_timeout
-                    )
+                    output = await self._execute(task, context)
                     error, ok = None, True
                 except TaskFailed as exc:
                     output, error, ok = None, str(exc)[:MAX_ERROR_CHARS], False
@@ -330,6 +341,33 @@ class Worker:
         self._outcome.set()
         self._outcome = asyncio.Event()
         return self._result(request, task.name, ok, output, error, final, started)
+
+    async def _execute(self, task: Task, context: TaskContext) -> Any:
+        """``execute``, stopped if its run is cancelled meanwhile (``TaskFailed``, final)."""
+        why = self._cancels.why(context.run_id)
+        if why is not None:  # cancelled while it waited for its slot or breaker
+            raise TaskFailed(f"{why}; not run", final=True)
+        settings = self._settings
+        execution = asyncio.ensure_future(
+            execute(task, context, settings.max_output_bytes, settings.task_timeout)
+        )
+        stopped: list[str] = []
+
+        def stop(why: str) -> None:
+            stopped.append(why)
+            execution.cancel()
+
+        unwatch = self._cancels.watch(context.run_id, stop)
+        try:
+            return await execution
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if stopped and (current is None or not current.cancelling()):
+                log.info("run %s: task %s stopped (%s)", context.run_id, task.name, stopped[0])
+                raise TaskFailed(f"{stopped[0]}; stopped while running", final=True) from None
+            raise
+        finally:
+            unwatch()
 
     def _result(
         self,

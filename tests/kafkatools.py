@@ -29,21 +29,33 @@ def _reader(settings: Settings, topic: str) -> AIOKafkaConsumer:
 
 
 async def read_topic(
-    settings: Settings, topic: str, until: Callable[[list[Any]], bool], within: float = 60.0
+    settings: Settings,
+    topic: str,
+    until: Callable[[list[Any]], bool],
+    within: float = 60.0,
+    stalled: float | None = None,
 ) -> list[Any]:
     """Read ``topic`` from the beginning (committed records only) until ``until(records)``
-    holds; fails with what was read if the deadline passes first."""
+    holds; fails with what was read if the deadline passes first. With ``stalled``, the
+    deadline is instead ``stalled`` seconds without a new record (``within`` still caps it):
+    for a drain whose speed depends on how busy the shared machine is."""
     consumer = _reader(settings, topic)
     await consumer.start()
     records: list[Any] = []
-    deadline = time.monotonic() + within
+    started = last_new = time.monotonic()
     try:
         while not until(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out reading {topic}; got {len(records)}: {records}")
+            now = time.monotonic()
+            if now - started > within or (stalled is not None and now - last_new > stalled):
+                shown = records if len(records) <= 20 else [*records[:10], "...", *records[-10:]]
+                raise AssertionError(
+                    f"timed out reading {topic} after {now - started:.0f} s; "
+                    f"got {len(records)}: {shown}"
+                )
             batch = await consumer.getmany(timeout_ms=250)
             for partition_records in batch.values():
                 records.extend(partition_records)
+                last_new = time.monotonic()
         return records
     finally:
         await consumer.stop()

@@ -22,7 +22,7 @@ from headwater.runner.cli.replay import _when
 from headwater.runner.envelope import to_kafka
 from headwater.runner.log import kafka
 from headwater.runner.log.reader import read_now
-from headwater.runner.log.records import RunRequested, encode_control
+from headwater.runner.log.records import RunCancelled, RunRequested, encode_control
 from headwater.runner.replay import records_between, succeeded_events
 from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
@@ -33,7 +33,9 @@ OUTPUT_CHARS = 400
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     runs = commands.add_parser("runs", help="list runs: finished (completions) and running")
     runs.add_argument("--pipeline", default=None)
-    runs.add_argument("--status", choices=("running", "succeeded", "failed"), default=None)
+    runs.add_argument(
+        "--status", choices=("running", "succeeded", "failed", "cancelled"), default=None
+    )
     runs.add_argument("--since", type=_when, default=None, help="default: -24h")
     runs.add_argument("--json", action="store_true", help="one JSON object per line")
     runs.set_defaults(command=_runs)
@@ -73,14 +75,98 @@ def show_run(run_id: str) -> int:
     return 0
 
 
+def cancel_run(run_id: str, reason: str, wait: float) -> int:
+    """``headwater run cancel ID``: ask the run's control partition to cancel it; wait up
+    to ``wait`` seconds for its completion. 0: cancelled (or asked, if not waiting);
+    1: no such running run, or it finished first."""
+    settings = Settings.from_env()
+    return asyncio.run(_cancel(settings, run_id, reason, wait))
+
+
+async def _cancel(settings: Settings, run_id: str, reason: str, wait: float) -> int:
+    located = await _in_table(settings, run_id)
+    if located is None or located[1].get("status") != "running":
+        finished = await _completion_of(settings, run_id)
+        if finished is None and located is not None:  # its completion is not out yet
+            finished = located[1]
+        if finished is None:
+            print(f"no run {run_id!r} in the completions or the run table", file=sys.stderr)
+        else:
+            print(f"run {run_id} already {finished['status']}: nothing to cancel", file=sys.stderr)
+        return 1
+    partition, _ = located
+    producer = kafka.producer(settings)
+    asked_at = time.time()
+    async with kafka.started(producer):
+        message = encode_control(RunCancelled(run_id, reason))
+        topic = settings.topics.control
+        await producer.send_and_wait(topic, message, key=run_id.encode(), partition=partition)
+    if wait <= 0:
+        print(f"run {run_id}: cancel asked")
+        return 0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        topic = settings.topics.completions
+        async for record, _ in records_between(settings, topic, asked_at - 60, 1e12):
+            completion = _json(record.value)
+            if completion and completion.get("run_id") == run_id:
+                return _said_cancelled(completion)
+        await asyncio.sleep(0.5)
+    print(
+        f"run {run_id}: cancel asked, but the run has not ended within {wait:g}s "
+        "(is a control processor running?); it ends when one applies it",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _said_cancelled(completion: dict[str, Any]) -> int:
+    run_id, status = completion["run_id"], completion.get("status")
+    if status != "cancelled":
+        print(f"run {run_id} {status} before the cancel reached it", file=sys.stderr)
+        return 1
+    tasks = completion.get("tasks") or {}
+    stopped = [name for name, task in tasks.items() if task.get("status") == "cancelled"]
+    print(f"run {run_id} cancelled; tasks not finished: {', '.join(stopped) or 'none'}")
+    return 0
+
+
+async def _in_table(settings: Settings, run_id: str) -> tuple[int, dict[str, Any]] | None:
+    """The run table's latest record of ``run_id`` (a run, or a finished run's marker,
+    as ``{"status": ...}``) and its partition."""
+    key, found = run_id.encode(), None
+    async for records in read_now(settings, settings.topics.runs):
+        for record in records:
+            if record.key == key:
+                found = (record.partition, record.value)
+    if found is None or found[1] is None:
+        return None
+    partition, value = found
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, list) and len(obj) >= 2:  # a finished run's marker
+        return partition, {"status": obj[1]}
+    return (partition, obj) if isinstance(obj, dict) else None
+
+
 async def _find_run(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    completion = await _completion_of(settings, run_id)
+    if completion is not None:
+        return completion
+    running = await _running(settings)
+    return running.get(run_id)
+
+
+async def _completion_of(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """The run's completion, within the last 30 days of ``completions``."""
     since = time.time() - 30 * 86_400
     async for record, _ in records_between(settings, settings.topics.completions, since, 1e12):
         completion = _json(record.value)
         if completion and completion.get("run_id") == run_id:
             return completion
-    running = await _running(settings)
-    return running.get(run_id)
+    return None
 
 
 async def _running(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -133,7 +219,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 async def _list_runs(settings: Settings, since: float, status: str | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    if status in (None, "succeeded", "failed"):
+    if status in (None, "succeeded", "failed", "cancelled"):
         topic = settings.topics.completions
         async for record, _ in records_between(settings, topic, since, 1e12):
             completion = _json(record.value)

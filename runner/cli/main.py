@@ -102,7 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "action",
         nargs="*",
-        help="show ID: one run's tasks, attempts, outputs and errors (without: serve)",
+        help=(
+            "show ID: one run's tasks, attempts, outputs and errors; cancel ID: end a "
+            "running run cancelled, its running tasks told to stop (without: serve)"
+        ),
+    )
+    run.add_argument("--reason", default="", help="cancel: why (in the completion)")
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="cancel: seconds to wait for the run to end (0: do not wait; default 30)",
     )
     run.add_argument(
         "--config",
@@ -210,7 +220,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.action:
         if len(args.action) == 2 and args.action[0] == "show":
             return inspect.show_run(args.action[1])
-        print("headwater run: give show ID, or no words to serve", file=sys.stderr)
+        if len(args.action) == 2 and args.action[0] == "cancel":
+            return inspect.cancel_run(args.action[1], args.reason, args.wait)
+        print("headwater run: give show ID, cancel ID, or no words to serve", file=sys.stderr)
         return 2
     path = args.config or Path(os.environ.get("HEADWATER_CONFIG") or "headwater.yaml")
     try:

@@ -271,6 +271,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
     # for less than that after its last update (``runs.store.TRUSTED_FOR``).
     compacted = {"cleanup.policy": "compact", "delete.retention.ms": str(86_400_000)}
     short = {"retention.ms": str(3_600_000)}  # heartbeats: only the latest ones matter
+    day = {"retention.ms": str(86_400_000)}  # cancels: a worker reads back the last hour's
     wanted = [
         NewTopic(topics.events, kafka.partitions, kafka.replication),
         NewTopic(topics.control, kafka.partitions, kafka.replication),
@@ -279,6 +280,7 @@ async def ensure_topics(settings: Settings, routes: set[str]) -> None:
         NewTopic(topics.dlq, 1, kafka.replication),
         NewTopic(topics.status, 1, kafka.replication),
         NewTopic(topics.heartbeats, 1, kafka.replication, topic_configs=short),
+        NewTopic(topics.cancels, 1, kafka.replication, topic_configs=day),
         NewTopic(topics.lineage, kafka.partitions, kafka.replication),
         *(NewTopic(topics.tasks(r), kafka.partitions, kafka.replication) for r in routes),
     ]

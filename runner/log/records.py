@@ -51,6 +51,16 @@ class RetryDue:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class RunCancelled:
+    """Someone asked to cancel the run (``headwater run cancel``): its unfinished tasks
+    end ``cancelled``, its running attempts are told to stop, it ends
+    ``headwater.run.cancelled``. For a run already finished, it changes nothing."""
+
+    run_id: str
+    reason: str
+
+
 ControlMessage = RunRequested | TaskFinished | RetryDue
 
 
@@ -157,6 +167,7 @@ Control = (
     | ScheduleDue
     | EventsJoined
     | JoinDue
+    | RunCancelled
 )
 #: How much of a dead-lettered payload its DLQ entry keeps.
 DLQ_PAYLOAD_BYTES = 256 * 1024
@@ -175,6 +186,7 @@ _KINDS: dict[str, type[Control]] = {
     "schedule.due": ScheduleDue,
     "events.joined": EventsJoined,
     "join.due": JoinDue,
+    "run.cancelled": RunCancelled,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _KINDS.values()}

@@ -1,7 +1,7 @@
 """OpenLineage events of finished runs (``openlineage-python``'s models), for
 ``hw.lineage``. Pure: a completion in, RunEvents (as JSON-ready dicts) out.
 
-Per run: START (at the run's start) and COMPLETE or FAIL (at its end) for the job named
+Per run: START (at the run's start) and COMPLETE, FAIL or ABORT (cancelled) for the job named
 after the pipeline; per task that ran: START and COMPLETE/FAIL for the job
 ``<pipeline>.<task>``, its run a child of the pipeline's (``parent`` facet). The input
 dataset is the trigger's source object (namespace: the event's source, name: its subject,
@@ -41,6 +41,13 @@ class HeadwaterRunFacet(RunFacet):
         return _FACET_SCHEMA
 
 
+def _state(status: Any) -> ol.RunState:
+    """How a run or task ended, as OpenLineage says it: cancelled is ABORT."""
+    if status == "succeeded":
+        return ol.RunState.COMPLETE
+    return ol.RunState.ABORT if status == "cancelled" else ol.RunState.FAIL
+
+
 def _child_id(run_id: str, task: str) -> str:
     return str(uuid.uuid5(uuid.UUID(run_id), task))
 
@@ -60,7 +67,7 @@ def lineage_events(
     name = str(trigger.get("subject") or trigger.get("id") or "event")
     inputs = [ol.InputDataset(namespace=source, name=name)]
     job = ol.Job(namespace=namespace, name=pipeline)
-    ended = ol.RunState.COMPLETE if completion.get("status") == "succeeded" else ol.RunState.FAIL
+    ended = _state(completion.get("status"))
     events = [
         ol.RunEvent(
             eventType=ol.RunState.START,
@@ -75,8 +82,8 @@ def lineage_events(
         run=parent_run.Run(runId=run_id), job=parent_run.Job(namespace=namespace, name=pipeline)
     )
     for task, record in (completion.get("tasks") or {}).items():
-        if record.get("status") in (None, "pending", "skipped"):
-            continue
+        if record.get("status") in (None, "pending", "skipped") or not record.get("attempts"):
+            continue  # never started
         placed = record.get("ran_on") or {}
         facets: dict[str, Any] = {
             "parent": parent,
@@ -90,7 +97,7 @@ def lineage_events(
         child = ol.Run(runId=_child_id(run_id, task), facets=facets)
         task_job = ol.Job(namespace=namespace, name=f"{pipeline}.{task}")
         written = [ol.OutputDataset(namespace=n, name=d) for n, d in (outputs or {}).get(task, [])]
-        done = ol.RunState.COMPLETE if record.get("status") == "succeeded" else ol.RunState.FAIL
+        done = _state(record.get("status"))
         started = str(completion["started_at"])
         events.append(
             ol.RunEvent(

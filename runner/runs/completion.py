@@ -16,7 +16,7 @@ SOURCE_PREFIX = COMPLETION_SOURCE_PREFIX
 
 
 def completion_event(run: Run) -> CloudEvent:
-    """``headwater.run.succeeded`` or ``headwater.run.failed`` for a finished run."""
+    """``headwater.run.succeeded``, ``.failed`` or ``.cancelled`` for a finished run."""
     assert run.finished_at is not None, "only a finished run has a completion"
     trigger = run.event
     tasks = {name: _task_summary(record) for name, record in run.tasks.items()}
@@ -33,6 +33,9 @@ def completion_event(run: Run) -> CloudEvent:
     failed = [name for name, record in run.tasks.items() if record.status == "failed"]
     if failed:
         data["error"] = "; ".join(f"task {n} failed: {run.tasks[n].error}" for n in failed)
+    elif run.status == "cancelled":
+        why = next((r.error for r in run.tasks.values() if r.status == "cancelled"), None)
+        data["error"] = why or "cancelled"
     return CloudEvent(
         id=run.run_id,
         source=SOURCE_PREFIX + run.pipeline,

@@ -25,8 +25,10 @@ from typing import Any, Literal
 from headwater.runner.log.records import ControlMessage, RetryDue, RunRequested, TaskFinished
 from headwater.runner.model.pipeline import Pipeline
 
-TaskStatus = Literal["pending", "dispatched", "retry_wait", "succeeded", "failed", "skipped"]
-RunStatus = Literal["running", "succeeded", "failed"]
+TaskStatus = Literal[
+    "pending", "dispatched", "retry_wait", "succeeded", "failed", "skipped", "cancelled"
+]
+RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
 _NAMESPACE = uuid.UUID("6f1a7c36-6a8e-4b0e-9a43-2d1f3c9b7e10")
 
 
@@ -223,6 +225,17 @@ def fail(run: Run, why: str, now: float) -> Finish:
             record.status, record.error, record.retry_at = "failed", why, None
     run.status, run.finished_at = "failed", now
     return Finish("failed")
+
+
+def cancel(run: Run, why: str, now: float) -> tuple[Finish, list[str]]:
+    """End ``run`` as cancelled: its unfinished tasks are ``cancelled`` with ``why``;
+    returns the ``Finish`` and the tasks that had an attempt out (to be told to stop)."""
+    stopped = [name for name, record in run.tasks.items() if record.status == "dispatched"]
+    for record in run.tasks.values():
+        if record.status in ("pending", "dispatched", "retry_wait"):
+            record.status, record.error, record.retry_at = "cancelled", why, None
+    run.status, run.finished_at = "cancelled", now
+    return Finish("cancelled"), stopped
 
 
 def _advance(run: Run, pipeline: Pipeline, now: float) -> list[Effect]:

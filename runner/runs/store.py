@@ -474,8 +474,8 @@ def _check_marker(pipeline: Any, status: Any, created_at: Any, finished_at: Any)
     """Raise unless these are the fields of a run (as ``Run`` has them)."""
     if not isinstance(pipeline, str):
         raise TypeError(f"pipeline is {type(pipeline).__name__}, not a string")
-    if status not in ("running", "succeeded", "failed"):
-        raise ValueError(f"status {status!r} is not running, succeeded or failed")
+    if status not in ("running", "succeeded", "failed", "cancelled"):
+        raise ValueError(f"status {status!r} is not running, succeeded, failed or cancelled")
     for name, at in (("created_at", created_at), ("finished_at", finished_at)):
         if at is None and name == "finished_at" and status == "running":
             continue

@@ -45,6 +45,7 @@ from headwater.runner.log.records import (
     MarkersDue,
     RetryDue,
     RouteHeld,
+    RunCancelled,
     RunDue,
     RunRequested,
     ScheduleDue,
@@ -71,6 +72,7 @@ from headwater.runner.runs.machine import (
     ScheduleRetry,
     TaskRecord,
     begin,
+    cancel,
     drift,
     fail,
     new_run,
@@ -174,7 +176,18 @@ class Reported:
     change: Change
 
 
-Output = Dispatched | Completed | RunRequested | Reported  # RunRequested: a window's run
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A cancelled run's attempts still out: their workers are told to stop them."""
+
+    run_id: str
+    pipeline: str
+    tasks: tuple[str, ...]
+    reason: str
+
+
+#: What a batch caused (``RunRequested``: a window's or a join's run, to its group's partition).
+Output = Dispatched | Completed | RunRequested | Reported | Stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +372,8 @@ class RunTable:
             self._release((message.pipeline, message.key), partition, table, changes)
         elif isinstance(message, RunDue):
             self._time_out(message.run_id, partition, table, changes)
+        elif isinstance(message, RunCancelled):
+            self._cancel(message, partition, table, changes)
         else:
             problem = self._apply_run(message, partition, table, changes)
             if problem is not None:
@@ -703,6 +718,22 @@ class RunTable:
             run, f"run timed out after {pipeline.timeout:g}s (the pipeline's timeout){waited}", now
         )
         self._finished(run, pipeline, partition, table, changes)
+
+    def _cancel(
+        self, message: RunCancelled, partition: int, table: Partition, changes: Changes
+    ) -> None:
+        """``headwater run cancel``: a running run (waiting for its turn or not) ends
+        cancelled and its attempts out are told to stop; any other changes nothing."""
+        run = table.run(message.run_id)
+        if run is None or run.status != "running":
+            state = "not in the run table" if run is None else f"already {run.status}"
+            changes.said.append(f"cancel of run {message.run_id}: {state}; nothing to cancel")
+            return
+        why = f"cancelled: {message.reason}" if message.reason else "cancelled"
+        _, stopped = cancel(run, why, self._clock())
+        if stopped:
+            changes.outputs.append(Stopped(run.run_id, run.pipeline, tuple(stopped), why))
+        self._finished(run, self._pipelines.get(run.pipeline), partition, table, changes)
 
     def held(self, route: str) -> str | None:
         """Why ``route``'s workers hold its tasks, if they said so within a notice's time."""

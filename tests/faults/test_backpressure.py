@@ -28,7 +28,7 @@ from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import poll, publish, read_all, read_topic
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 EVENTS = 100_000
 PENDING_RUNS, PENDING_TASKS = 2_000, 1_000
@@ -115,7 +115,11 @@ async def test_a_flood_for_a_slow_route_waits_in_the_log(
     )
     (tmp_path / "pipelines" / "fast").touch()  # the route speeds up: the backlog drains
     completions = await read_topic(
-        settings, topics.completions, lambda records: len(records) >= EVENTS, within=180
+        settings,
+        topics.completions,
+        lambda records: len(records) >= EVENTS,
+        within=400,
+        stalled=30,
     )
     by_id: dict[str, int] = {}
     for record in completions:

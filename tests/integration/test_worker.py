@@ -80,7 +80,6 @@ async def test_a_slow_task_holds_back_no_result_and_a_kill_while_it_runs_loses_n
     early = await read_topic(settings, topic, lambda rs: len(triggers(rs)) >= QUICK, within=30)
     assert "slow" not in triggers(early)
 
-
     async def named_done() -> tuple[bool, int]:  # every quick request's commit went through
         tps = [TopicPartition(settings.topics.tasks("default"), p) for p in range(3)]
         group = settings.topics.group("workers.default")

@@ -35,6 +35,7 @@ LOOPS = frozenset(
         "trace",
         "alerts",
         "lineage",
+        "cancels",
     }
 )
 #: What each layer may import (its own layer included).

@@ -22,10 +22,18 @@ def completion(status: str = "succeeded") -> dict[str, object]:
         "tasks": {
             "read": {
                 "status": "succeeded",
+                "attempts": 1,
                 "ran_on": {"route": "eu-1", "region": "eu-west-1", "instance": "w1"},
             },
-            "write": {"status": "failed" if status == "failed" else "succeeded", "ran_on": None},
-            "notify": {"status": "skipped"},
+            "write": {
+                "status": "succeeded" if status == "succeeded" else status,
+                "attempts": 2,
+                "ran_on": None,
+            },
+            "notify": {
+                "status": "skipped" if status != "cancelled" else "cancelled",
+                "attempts": 0,
+            },
         },
     }
 
@@ -63,3 +71,13 @@ def test_a_failed_run_ends_with_fail() -> None:
     events = lineage_events(completion("failed"))
     ends = {e["job"]["name"]: e["eventType"] for e in events if e["eventType"] != "START"}
     assert ends == {"csv-report": "FAIL", "csv-report.read": "COMPLETE", "csv-report.write": "FAIL"}
+
+
+def test_a_cancelled_run_ends_with_abort_and_a_task_never_started_has_no_events() -> None:
+    events = lineage_events(completion("cancelled"))
+    ends = {e["job"]["name"]: e["eventType"] for e in events if e["eventType"] != "START"}
+    assert ends == {
+        "csv-report": "ABORT",
+        "csv-report.read": "COMPLETE",
+        "csv-report.write": "ABORT",
+    }
