@@ -22,7 +22,7 @@ from headwater.runner.cancels import Cancels
 from headwater.runner.control import ControlProcessor
 from headwater.runner.flow.backoff import RECONNECT, Retry, pause
 from headwater.runner.flow.routes import RouteInfo
-from headwater.runner.lineage import Lineage
+from headwater.runner.lineage import Lineage, LineageShipper
 from headwater.runner.log import kafka
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import RunObserver
@@ -80,6 +80,9 @@ async def serve(
         components["control"] = ControlProcessor(settings, by_name, observer).run
         if settings.lineage:  # opt-in: building the events costs the control role CPU
             components["lineage"] = Lineage(settings, by_name).run
+            if settings.lineage_url is not None:
+                shipper = LineageShipper(settings, settings.lineage_url, settings.lineage_api_key)
+                components["lineage-http"] = shipper.run
     if "worker" in roles:
         cancels = Cancels(settings)  # one reader of hw.cancels for the process's workers
         components["cancels"] = cancels.run

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from headwater.runner.durations import parse_duration
 from headwater.runner.errors import ConfigError
 from headwater.runner.flow.breaker import BreakerSpec
 from headwater.runner.flow.pressure import Bounds
-from headwater.runner.secrets import is_reference, resolve_reference
+from headwater.runner.secrets import credential_problem, is_reference, resolve_reference
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEDUP_RETENTION = 7 * 86400.0
@@ -209,6 +210,10 @@ class Settings:
     bounds: Bounds = field(default_factory=Bounds)
     #: write OpenLineage events of finished runs to ``hw.lineage`` (``HEADWATER_LINEAGE``)
     lineage: bool = False
+    #: the OpenLineage HTTP backend the events are also sent to (``HEADWATER_LINEAGE_URL``)
+    lineage_url: str | None = field(default=None, repr=False)
+    #: its API key, a secret reference (``HEADWATER_LINEAGE_API_KEY``)
+    lineage_api_key: str | None = field(default=None, repr=False)
     #: where alerts are posted (a secret reference to a Slack-compatible webhook URL)
     alert_webhook: str | None = field(default=None, repr=False)
     #: seconds between two alerts of one kind about one pipeline or route
@@ -247,8 +252,17 @@ class Settings:
         lineage = env.get("HEADWATER_LINEAGE", "0").strip().lower()
         if lineage not in ("0", "1", "true", "false", "yes", "no", ""):
             raise ConfigError(f"HEADWATER_LINEAGE: {lineage!r} is not 1/0, true/false or yes/no")
+        lineage_url = _lineage_url(env.get("HEADWATER_LINEAGE_URL") or None)
+        api_key = env.get("HEADWATER_LINEAGE_API_KEY") or None
+        if api_key is not None and not is_reference(api_key):
+            raise ConfigError(
+                "HEADWATER_LINEAGE_API_KEY: an API key is a secret: give a reference such as "
+                "${env:MARQUEZ_API_KEY} or ${file:/run/secrets/marquez}"
+            )
         return cls(
-            lineage=lineage in ("1", "true", "yes"),
+            lineage=lineage in ("1", "true", "yes") or lineage_url is not None,
+            lineage_url=lineage_url,
+            lineage_api_key=api_key,
             alert_webhook=webhook,
             alert_every=_positive_duration(env, "HEADWATER_ALERT_EVERY", 60.0),
             kafka=KafkaSettings.from_env(env),
@@ -273,6 +287,21 @@ class Settings:
                 events_lag=_count(env, "HEADWATER_MAX_EVENTS_LAG", DEFAULT_BOUNDS.events_lag),
             ),
         )
+
+
+def _lineage_url(url: str | None) -> str | None:
+    """``HEADWATER_LINEAGE_URL``: a reference, or an http(s) URL without credentials."""
+    if url is None or is_reference(url):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"HEADWATER_LINEAGE_URL: {url!r} is not an http(s) URL")
+    if parts.username or parts.password or credential_problem("url", url):
+        raise ConfigError(
+            "HEADWATER_LINEAGE_URL: a URL with credentials in it is a secret: give a "
+            "reference such as ${env:MARQUEZ_URL}, or the key as HEADWATER_LINEAGE_API_KEY"
+        )
+    return url
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:

@@ -212,6 +212,8 @@ _VARIABLES: tuple[tuple[DocPath, str], ...] = (
     (("alerts", "webhook"), "HEADWATER_ALERT_WEBHOOK"),
     (("alerts", "every"), "HEADWATER_ALERT_EVERY"),
     (("lineage",), "HEADWATER_LINEAGE"),
+    (("lineage", "url"), "HEADWATER_LINEAGE_URL"),
+    (("lineage", "api_key"), "HEADWATER_LINEAGE_API_KEY"),
     (("standby",), "HEADWATER_STANDBY"),
 )
 
@@ -220,7 +222,9 @@ def _build(data: dict[str, Any], path: Path) -> Config:
     env: dict[str, str] = {}
     for where, variable in _VARIABLES:
         value = _at(data, where)
-        if value is not None:
+        if isinstance(value, dict):  # a section given as a mapping (``lineage: {url}``)
+            env[variable] = "1"
+        elif value is not None:
             env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     kafka = data.get("kafka", {})
     if "request_timeout" in kafka:

@@ -17,6 +17,7 @@ from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import publish, read_topic, wait_caught_up
+from tests.lineage_schema import problems
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,7 @@ async def test_metrics_of_an_end_to_end_run(
     kinds: dict[tuple[str, str], list[str]] = {}
     for record in lineage:
         event = orjson.loads(record.value)
+        assert problems(event) == [], event  # valid against the OpenLineage schema
         kinds.setdefault((event["job"]["name"], event["run"]["runId"]), []).append(
             event["eventType"]
         )

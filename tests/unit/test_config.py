@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from headwater.bridges import sources
-from headwater.runner.errors import PipelineErrors
+from headwater.runner.errors import ConfigError, PipelineErrors
 from headwater.runner.flow.routes import RouteInfo, RouteMap
 from headwater.runner.model.config import load_config, residency_problems
 from headwater.runner.model.pipeline import Pipeline, Task, Trigger
@@ -114,3 +114,27 @@ def test_booleans_and_paths_of_the_config_reach_the_settings(tmp_path: Path) -> 
     assert config.env["HEADWATER_STATE_DIR"] == str(tmp_path / "state")
     assert config.env["HEADWATER_KAFKA_TLS_CA_FILE"] == str(tmp_path / "ca.pem")
     assert Settings.from_env(config.env).lineage is True
+
+
+def test_a_lineage_backend_url_turns_lineage_on_and_its_key_must_be_a_reference(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "headwater.yaml"
+    path.write_text("lineage: {url: 'http://marquez:5000', api_key: '${env:MARQUEZ_KEY}'}\n")
+    settings = Settings.from_env(load_config(path).env)
+    assert settings.lineage is True and settings.lineage_url == "http://marquez:5000"
+    assert settings.lineage_api_key == "${env:MARQUEZ_KEY}"
+    path.write_text("lineage: {url: 'http://marquez:5000', api_key: abc123}\n")
+    with pytest.raises(PipelineErrors, match="api_key"):
+        load_config(path)
+    for bad, said in (
+        ("ftp://x", "not an http"),
+        ("http://user:pw@marquez:5000", "credentials"),
+        ("marquez", "not an http"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            Settings.from_env({"HEADWATER_LINEAGE_URL": bad})
+    with pytest.raises(ConfigError, match="API key is a secret"):
+        Settings.from_env({"HEADWATER_LINEAGE_API_KEY": "s3cr3t-key"})
+    referenced = Settings.from_env({"HEADWATER_LINEAGE_URL": "${env:MARQUEZ_URL}"})
+    assert referenced.lineage_url == "${env:MARQUEZ_URL}" and referenced.lineage

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from headwater.runner.observe.lineage import lineage_events
+from tests.lineage_schema import problems
 
 RUN = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
@@ -44,6 +45,7 @@ def test_a_run_and_each_task_that_ran_have_a_start_and_an_end() -> None:
     )
     pairs: dict[str, list[str]] = {}
     for event in events:
+        assert problems(event) == [], event
         assert event["schemaURL"].startswith("https://openlineage.io/spec/")
         assert event["producer"].startswith("https://")
         assert event["eventTime"].endswith("Z")
@@ -81,3 +83,19 @@ def test_a_cancelled_run_ends_with_abort_and_a_task_never_started_has_no_events(
         "csv-report.read": "COMPLETE",
         "csv-report.write": "ABORT",
     }
+
+
+def test_the_schema_check_catches_what_is_wrong() -> None:
+    [event, *_] = lineage_events(completion())
+    assert problems(event) == []
+    broken = {**event, "eventType": "DONE", "run": {"runId": "r1"}, "eventTime": "yesterday"}
+    said = " | ".join(problems(broken))
+    assert "DONE" in said and "'r1' is not a UUID" in said and "eventTime" in said, said
+    del broken["producer"]
+    assert any("producer" in p for p in problems(broken))
+    child = next(e for e in lineage_events(completion()) if e["run"].get("facets"))
+    del child["run"]["facets"]["parent"]["job"]
+    del child["run"]["facets"]["headwater"]["_producer"]
+    said = " | ".join(problems(child))
+    assert "run.facets['parent']: 'job' is a required property" in said, said
+    assert "run.facets.headwater[]: '_producer' is a required property" in said, said
