@@ -204,7 +204,7 @@ class ControlProcessor:
                 case Dispatched(route=route, run_id=run_id, value=value):
                     await writer.add(topics.tasks(route), value, key=run_id.encode())
                 case Completed(run=run):
-                    completion = completion_event(run)
+                    completion = completion_event(run, self._settings.egress_prices)
                     headers, value = to_kafka(completion)
                     await writer.add(
                         topics.completions, value, key=run.pipeline.encode(), headers=headers

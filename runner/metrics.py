@@ -40,6 +40,17 @@ LAST_EVENT = Gauge(
     "When a source last delivered an event (Unix time): its liveness.",
     ["source"],
 )
+EGRESS_BYTES = Counter(
+    "headwater_egress_bytes_total",
+    "Bytes of trigger objects tasks read outside the object's cloud or region, per pipeline, "
+    "source cloud and the route and region they ran in.",
+    ["pipeline", "source_cloud", "route", "region"],
+)
+EGRESS_COST = Counter(
+    "headwater_egress_cost_usd_total",
+    "Estimated cost of that egress in US dollars (the config's egress price table).",
+    ["pipeline", "source_cloud", "route", "region"],
+)
 EVENTS_ROUTED = Counter(
     "headwater_router_events_total", "Events the router read from the log, per topic.", ["topic"]
 )

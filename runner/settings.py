@@ -214,6 +214,8 @@ class Settings:
     lineage_url: str | None = field(default=None, repr=False)
     #: its API key, a secret reference (``HEADWATER_LINEAGE_API_KEY``)
     lineage_api_key: str | None = field(default=None, repr=False)
+    #: USD per GB leaving each cloud (``HEADWATER_EGRESS_PRICES=aws=0.09,gcp=0.12``)
+    egress_prices: dict[str, float] = field(default_factory=dict)
     #: where alerts are posted (a secret reference to a Slack-compatible webhook URL)
     alert_webhook: str | None = field(default=None, repr=False)
     #: seconds between two alerts of one kind about one pipeline or route
@@ -262,6 +264,7 @@ class Settings:
         return cls(
             lineage=lineage in ("1", "true", "yes") or lineage_url is not None,
             lineage_url=lineage_url,
+            egress_prices=_prices(env.get("HEADWATER_EGRESS_PRICES", "")),
             lineage_api_key=api_key,
             alert_webhook=webhook,
             alert_every=_positive_duration(env, "HEADWATER_ALERT_EVERY", 60.0),
@@ -287,6 +290,26 @@ class Settings:
                 events_lag=_count(env, "HEADWATER_MAX_EVENTS_LAG", DEFAULT_BOUNDS.events_lag),
             ),
         )
+
+
+def _prices(text: str) -> dict[str, float]:
+    """``HEADWATER_EGRESS_PRICES``: ``cloud=USD per GB`` pairs, comma-separated."""
+    prices: dict[str, float] = {}
+    for pair in (part.strip() for part in text.split(",")):
+        if not pair:
+            continue
+        cloud, _, price = pair.partition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            value = -1.0
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", cloud.strip()) or not 0 <= value <= 100:
+            raise ConfigError(
+                f"HEADWATER_EGRESS_PRICES: {pair!r} is not cloud=price (a cloud name such as "
+                "aws, and US dollars per GB from 0 to 100), e.g. aws=0.09,gcp=0.12"
+            )
+        prices[cloud.strip()] = value
+    return prices
 
 
 def _lineage_url(url: str | None) -> str | None:

@@ -388,6 +388,8 @@ class Worker:
             "region": self._info.region,
             "instance": self._settings.instance,
         }
+        if self._info.cloud is not None:
+            ran_on["cloud"] = self._info.cloud
         if self._info.name != self._route:
             ran_on["for_route"] = self._route  # served as the down route's fallback
         result = TaskFinished(

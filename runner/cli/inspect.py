@@ -62,6 +62,12 @@ def show_run(run_id: str) -> int:
     for name in ("started_at", "finished_at", "duration_ms", "error"):
         if found.get(name) is not None:
             print(f"  {name}: {found[name]}")
+    moved = found.get("egress")
+    if moved and moved.get("bytes"):
+        origin = moved.get("from") or {}
+        cost = f", about ${moved['cost_usd']:.4f}" if moved.get("cost_usd") is not None else ""
+        where = "/".join(str(v) for v in (origin.get("cloud"), origin.get("region")) if v)
+        print(f"  egress: {moved['bytes']:,} bytes out of {where}{cost}")
     for name, task in (found.get("tasks") or {}).items():
         ran = task.get("ran_on") or {}
         where = f" on {ran.get('route')}/{ran.get('region')}/{ran.get('instance')}" if ran else ""

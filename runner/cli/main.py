@@ -246,7 +246,9 @@ def _run(args: argparse.Namespace) -> int:
     pipelines = _load(list(config.pipelines))
     if pipelines is None:
         return 1
-    declared = {r.name: RouteInfo(r.name, r.region, r.residency, r.fallback) for r in config.routes}
+    declared = {
+        r.name: RouteInfo(r.name, r.region, r.residency, r.fallback, r.cloud) for r in config.routes
+    }
     problems = residency_problems(pipelines, declared)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -350,7 +352,7 @@ async def _serve_until_signal(
         settings,
         pipelines,
         sources,
-        Observers([ConsoleProgress(json=json_lines), MetricsObserver()]),
+        Observers([ConsoleProgress(json=json_lines), MetricsObserver(settings.egress_prices)]),
         stopping,
         roles=roles,
         routes=routes,

@@ -25,6 +25,8 @@ class RouteInfo:
     region: str | None = None
     residency: str | None = None
     fallback: tuple[str, ...] = ()
+    #: the cloud its workers run in (None: outside any; for egress)
+    cloud: str | None = None
 
 
 @dataclass

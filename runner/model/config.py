@@ -49,6 +49,8 @@ class RouteSpec:
     region: str | None = None
     residency: str | None = None
     fallback: tuple[str, ...] = ()
+    #: the cloud its workers run in (for egress)
+    cloud: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,9 @@ def _build(data: dict[str, Any], path: Path) -> Config:
             env[variable] = "1"
         elif value is not None:
             env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    prices = (data.get("egress") or {}).get("prices") or {}
+    if prices:  # a mapping in the file, one variable for the settings
+        env["HEADWATER_EGRESS_PRICES"] = ",".join(f"{c}={p}" for c, p in prices.items())
     kafka = data.get("kafka", {})
     if "request_timeout" in kafka:
         millis = round(parse_duration(kafka["request_timeout"]) * 1000)
@@ -249,7 +254,13 @@ def _build(data: dict[str, Any], path: Path) -> Config:
             for s in data.get("sources", ())
         ),
         routes=tuple(
-            RouteSpec(r["name"], r.get("region"), r.get("residency"), tuple(r.get("fallback", ())))
+            RouteSpec(
+                r["name"],
+                r.get("region"),
+                r.get("residency"),
+                tuple(r.get("fallback", ())),
+                r.get("cloud"),
+            )
             for r in data.get("routes", ())
         ),
         failover_after=parse_duration(failover.get("after", FAILOVER_AFTER)),

@@ -10,13 +10,15 @@ from typing import Any
 
 from headwater.runner.envelope import CloudEvent, epoch_iso
 from headwater.runner.model.matching import COMPLETION_SOURCE_PREFIX
+from headwater.runner.runs.egress import egress
 from headwater.runner.runs.machine import Run, TaskRecord
 
 SOURCE_PREFIX = COMPLETION_SOURCE_PREFIX
 
 
-def completion_event(run: Run) -> CloudEvent:
-    """``headwater.run.succeeded``, ``.failed`` or ``.cancelled`` for a finished run."""
+def completion_event(run: Run, prices: dict[str, float] | None = None) -> CloudEvent:
+    """``headwater.run.succeeded``, ``.failed`` or ``.cancelled`` for a finished run; its
+    ``egress`` is priced with ``prices`` (USD per GB, by source cloud)."""
     assert run.finished_at is not None, "only a finished run has a completion"
     trigger = run.event
     tasks = {name: _task_summary(record) for name, record in run.tasks.items()}
@@ -30,6 +32,9 @@ def completion_event(run: Run) -> CloudEvent:
         "duration_ms": round((run.finished_at - run.created_at) * 1000, 3),
         "tasks": tasks,
     }
+    moved = egress(trigger, tasks, prices or {})
+    if moved is not None:  # the trigger is about an object: what the tasks moved of it
+        data["egress"] = moved
     failed = [name for name, record in run.tasks.items() if record.status == "failed"]
     if failed:
         data["error"] = "; ".join(f"task {n} failed: {run.tasks[n].error}" for n in failed)

@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from headwater.runner.envelope import CloudEvent, to_kafka
+from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.kafkatools import read_all, read_topic, wait_for_members
 from tests.processes import HEADWATER, HeadwaterProcess
@@ -22,6 +24,7 @@ PIPELINE = """\
 name: ingest
 triggers:
   - type: headwater.file.created
+  - type: aws.s3.object.created
 tasks:
   parse: {python: "role_tasks:where", route: alpha}
   load: {python: "role_tasks:where", route: beta, needs: [parse]}
@@ -49,8 +52,10 @@ sources:
     kind: filedrop
     options: {{directory: {tmp_path / "drop"}, settle: 0.2}}
 routes:
-  - {{name: alpha, region: eu-west-1}}
-  - {{name: beta, region: eu-west-1}}
+  - {{name: alpha, region: eu-west-1, cloud: aws}}
+  - {{name: beta, region: europe-west1, cloud: gcp}}
+egress:
+  prices: {{aws: 0.09}}
 """
     )
     return path
@@ -84,12 +89,33 @@ async def test_separate_roles_run_a_pipeline_end_to_end(settings: Settings, tmp_
         await wait_for_members(settings, ("router", "control", "workers.alpha", "workers.beta"), 1)
         for n in range(FILES):
             (tmp_path / "drop" / f"f{n}.csv").write_text(f"a,b\n{n},{n}\n")
-        await read_topic(settings, settings.topics.completions, lambda r: len(r) >= FILES)
+        # and an object in S3's eu-west-1, as the SQS bridge makes it: read by alpha (in
+        # its region: no egress) and by beta (in GCP: its bytes leave AWS)
+        s3 = CloudEvent(
+            "s3-1",
+            "arn:aws:s3:::lake",
+            "aws.s3.object.created",
+            {"bucket": "lake", "key": "big.csv", "size": 3_000_000_000, "region": "eu-west-1"},
+            subject="s3://lake/big.csv",
+        )
+        producer = kafka.producer(settings)
+        async with kafka.started(producer):
+            headers, value = to_kafka(s3)
+            await producer.send_and_wait(settings.topics.events, value, headers=headers)
+        await read_topic(settings, settings.topics.completions, lambda r: len(r) >= FILES + 1)
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
     assert codes == dict.fromkeys(roles, 0), codes  # SIGTERM drains and exits cleanly
     done = [orjson.loads(r.value) for r in await read_all(settings, settings.topics.completions)]
-    assert len(done) == FILES and {d["status"] for d in done} == {"succeeded"}
+    assert len(done) == FILES + 1 and {d["status"] for d in done} == {"succeeded"}
+    [moved] = [d for d in done if d["trigger"]["id"] == "s3-1"]
+    assert moved["tasks"]["load"]["ran_on"]["cloud"] == "gcp"
+    assert moved["egress"]["from"] == {"cloud": "aws", "region": "eu-west-1"}
+    assert moved["egress"]["bytes"] == 3_000_000_000
+    assert moved["egress"]["cost_usd"] == pytest.approx(0.27)
+    assert [(m["task"], m["to"]["route"]) for m in moved["egress"]["moves"]] == [("load", "beta")]
+    done = [d for d in done if d["trigger"]["id"] != "s3-1"]
+    assert all(d["egress"]["bytes"] == 0 for d in done)  # local files move nothing
     per_file = collections.Counter(d["trigger"]["subject"] for d in done)
     assert set(per_file.values()) == {1}
     for d in done:
