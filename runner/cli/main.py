@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"headwater: {exc}", file=sys.stderr)
         return 1
+    except KafkaError as exc:  # a one-shot command (runs, dlq, trace, cancel...) without Kafka
+        where = os.environ.get("HEADWATER_KAFKA") or "the default 127.0.0.1:9092"
+        print(f"headwater: Kafka ({where}) failed the request: {exc}", file=sys.stderr)
+        return 1
 
 
 def _check_state_dir(folder: Path) -> None:

@@ -57,3 +57,20 @@ def test_dev_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "HEADWATER_STATE_DIR: cannot keep the run table's local state in" in done.stderr
     assert str(blocker) in done.stderr
+
+
+def test_one_shot_commands_without_kafka_say_so_and_exit_1() -> None:
+    env = {**os.environ, "HEADWATER_KAFKA": "127.0.0.1:1"}
+    for command in (
+        ["runs"],
+        ["run", "show", "r1"],
+        ["run", "cancel", "r1"],
+        ["dlq", "list"],
+        ["trace", "e1", "examples"],
+    ):
+        done = subprocess.run(
+            [HEADWATER, *command], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert done.returncode == 1, (command, done)
+        assert "headwater: Kafka (127.0.0.1:1) failed the request" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, (command, done.stderr)
