@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,11 +41,15 @@ from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe.hooks import ConsoleProgress, JsonFormatter, Observers
 from headwater.runner.observe.metrics import MetricsObserver
 from headwater.runner.observe.status import Status
+from headwater.runner.replay import records_between
 from headwater.runner.secrets import RedactingFilter
 from headwater.runner.settings import Settings
 
 #: File names ``headwater validate`` reads as config files.
 CONFIG_NAMES = ("headwater.yaml", "headwater.yml")
+
+#: Seconds of heartbeats ``headwater status`` reads back: the workers alive now.
+HEARD_WITHIN = 60.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,6 +195,12 @@ async def _read_status(settings: Settings) -> Status:
                 except Exception:  # noqa: BLE001 - not a status event: not shown
                     continue
         status.fold(events)
+    beats = []
+    since = time.time() - HEARD_WITHIN
+    async for record, _ in records_between(settings, settings.topics.heartbeats, since, 1e12):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            beats.append(orjson.loads(record.value or b""))
+    status.heard(beats)
     status.lags = await lags(settings)
     return status
 

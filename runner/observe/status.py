@@ -1,5 +1,6 @@
-"""What ``headwater status`` prints: the current state of every breaker, service and
-pause, folded from the ``hw.status`` CloudEvents, and the consumer lags. Pure.
+"""What ``headwater status`` prints: the current state of every breaker, service, pause
+and route, folded from the ``hw.status`` CloudEvents, the workers heard on
+``hw.heartbeats`` in the last minute, and the consumer lags. Pure.
 
 Each component (a worker's breaker for a route or task, a worker's view of a service, a
 consumer's pause) reports its transitions, so its state is its latest event: keyed by
@@ -28,6 +29,8 @@ STATES = {
     "headwater.service.healthy": ("service", "healthy"),
     "headwater.flow.paused": ("flow", "paused"),
     "headwater.flow.resumed": ("flow", "running"),
+    "headwater.route.down": ("route", "down"),
+    "headwater.route.up": ("route", "up"),
 }
 REASON_CHARS = 200
 
@@ -47,6 +50,27 @@ class Status:
     components: dict[tuple[str, str, str], Component] = field(default_factory=dict)
     #: (consumer group, topic) -> lag (records not yet consumed)
     lags: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: route -> instance -> its latest heartbeat (region, free capacity, at: Unix time)
+    workers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def heard(self, beats: Iterable[Any]) -> Status:
+        """Apply heartbeats (decoded ``hw.heartbeats`` values), oldest first; garbled
+        ones are ignored."""
+        for beat in beats:
+            if not isinstance(beat, dict):
+                continue
+            route, instance, at = beat.get("route"), beat.get("instance"), beat.get("at")
+            if not isinstance(route, str) or not isinstance(instance, str):
+                continue
+            if isinstance(at, bool) or not isinstance(at, int | float):
+                continue
+            free = beat.get("free")
+            self.workers.setdefault(route, {})[instance] = {
+                "region": beat.get("region") if isinstance(beat.get("region"), str) else None,
+                "free": free if isinstance(free, int) and not isinstance(free, bool) else None,
+                "at": float(at),
+            }
+        return self
 
     def fold(self, events: Iterable[Mapping[str, Any]]) -> Status:
         """Apply status CloudEvents (structured JSON form), oldest first; others are
@@ -63,7 +87,8 @@ class Status:
             component = Component(
                 kind, scope, instance, state, str(event.get("time") or ""), reason
             )
-            self.components[(kind, scope, instance)] = component
+            # a route's state is its latest report, whichever process noticed it
+            self.components[(kind, scope, "" if kind == "route" else instance)] = component
         return self
 
     def of(self, kind: str) -> list[Component]:
@@ -77,6 +102,20 @@ class Status:
             "breakers": [_json(c) for c in self.of("breaker")],
             "services": [_json(c) for c in self.of("service")],
             "paused": [_json(c) for c in self.of("flow") if c.state == "paused"],
+            "routes": {
+                route: {
+                    "workers": [
+                        {"instance": instance, **beat}
+                        for instance, beat in sorted(self.workers.get(route, {}).items())
+                    ],
+                    "down": [
+                        _json(c)
+                        for c in self.of("route")
+                        if c.scope == f"route {route}" and c.state == "down"
+                    ],
+                }
+                for route in self._routes()
+            },
             "lags": [
                 {"group": group, "topic": topic, "lag": lag}
                 for (group, topic), lag in sorted(self.lags.items())
@@ -98,10 +137,33 @@ class Status:
                     f"  {c.scope} [{c.instance or '?'}]: {c.state} since {c.since} "
                     f"({_age(c.since, now)}){reason}"
                 )
+        routes = self._routes()
+        lines.append("routes:" if routes else "routes: none heard (no worker heartbeats)")
+        for route in routes:
+            beats = self.workers.get(route, {})
+            if beats:
+                last = max(beat["at"] for beat in beats.values())
+                regions = sorted({str(b["region"]) for b in beats.values() if b["region"]})
+                free = sum(b["free"] or 0 for b in beats.values())
+                where = f" ({', '.join(regions)})" if regions else ""
+                lines.append(
+                    f"  {route}{where}: {len(beats)} worker(s), last heartbeat "
+                    f"{_age_of(now.timestamp() - last)}, {free} free slot(s)"
+                )
+            else:
+                lines.append(f"  {route}: no heartbeat in the last minute")
+            for c in self.of("route"):
+                if c.scope == f"route {route}" and c.state == "down":
+                    lines.append(f"    down since {c.since} ({_age(c.since, now)}) - {c.reason}")
         lines.append("lags:" if self.lags else "lags: none (no consumer group has offsets)")
         for (group, topic), lag in sorted(self.lags.items()):
             lines.append(f"  {group} on {topic}: {lag}")
         return "\n".join(lines)
+
+    def _routes(self) -> list[str]:
+        """Routes heard from, or said down and not up since."""
+        down = {c.scope.removeprefix("route ") for c in self.of("route") if c.state == "down"}
+        return sorted(set(self.workers) | down)
 
 
 def _json(c: Component) -> dict[str, Any]:
@@ -119,6 +181,10 @@ def _age(since: str, now: datetime) -> str:
         seconds = (now - datetime.fromisoformat(since)).total_seconds()
     except (ValueError, TypeError):
         return "age unknown"
+    return _age_of(seconds)
+
+
+def _age_of(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s ago"
     if seconds < 7200:

@@ -5,7 +5,9 @@ worker of its own route; a config file with errors is refused with exact lines."
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
 import subprocess
 from pathlib import Path
 
@@ -103,6 +105,22 @@ async def test_separate_roles_run_a_pipeline_end_to_end(settings: Settings, tmp_
             headers, value = to_kafka(s3)
             await producer.send_and_wait(settings.topics.events, value, headers=headers)
         await read_topic(settings, settings.topics.completions, lambda r: len(r) >= FILES + 1)
+        env = {
+            **os.environ,
+            "HEADWATER_KAFKA": settings.kafka.bootstrap,
+            "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
+        }
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [HEADWATER, "status"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "  alpha (eu-west-1): 1 worker(s), last heartbeat" in status.stdout, status.stdout
+        assert "  beta (europe-west1): 1 worker(s)" in status.stdout, status.stdout
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
     assert codes == dict.fromkeys(roles, 0), codes  # SIGTERM drains and exits cleanly
