@@ -21,10 +21,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
@@ -80,18 +78,11 @@ class Cancels:
     async def run(self, stopping: asyncio.Event) -> None:
         reader = kafka.consumer(self._settings, group=None, auto_offset_reset="latest")
         async with kafka.started(reader):
-            await self._rewind(reader)
+            await kafka.follow_from(
+                reader, self._settings.topics.cancels, self._clock() - LOOK_BACK
+            )
             while not stopping.is_set():
                 batch = await reader.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
                         self.heard(record.value)
-
-    async def _rewind(self, reader: Any) -> None:
-        tp = TopicPartition(self._settings.topics.cancels, 0)
-        reader.assign([tp])
-        found = await reader.offsets_for_times({tp: int((self._clock() - LOOK_BACK) * 1000)})
-        if found.get(tp) is not None:
-            reader.seek(tp, found[tp].offset)
-        else:
-            await reader.seek_to_end(tp)

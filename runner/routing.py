@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 
 from headwater.runner.cancels import Cancels
 from headwater.runner.envelope import to_kafka
@@ -71,7 +70,8 @@ class Routing:
         reader = kafka.consumer(self._settings, group=None, auto_offset_reset="latest")
         self._map = RouteMap.of(self._routes.values(), self._failover_after, self._clock())
         async with kafka.started(producer, reader):
-            await self._rewind(reader)
+            since = self._clock() - LOOK_BACK  # the heartbeats of the last minute first
+            await kafka.follow_from(reader, self._settings.topics.heartbeats, since)
             try:
                 while not stopping.is_set():
                     await self._announce(producer)
@@ -79,16 +79,6 @@ class Routing:
                     await self._follow(producer)
             finally:
                 await self._stop_serving(list(self._serving))
-
-    async def _rewind(self, reader: Any) -> None:
-        """Read the heartbeats of the last ``LOOK_BACK`` seconds first."""
-        tp = TopicPartition(self._settings.topics.heartbeats, 0)
-        reader.assign([tp])
-        found = await reader.offsets_for_times({tp: int((self._clock() - LOOK_BACK) * 1000)})
-        if found.get(tp) is not None:
-            reader.seek(tp, found[tp].offset)
-        else:
-            await reader.seek_to_end(tp)
 
     async def _announce(self, producer: Any) -> None:
         sends = []

@@ -15,6 +15,18 @@ from headwater.runner.settings import Settings
 HEADWATER = str(Path(sys.executable).with_name("headwater"))
 
 
+def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one ``headwater`` command against the test's Kafka and topics; its result."""
+    env = {
+        **os.environ,
+        "HEADWATER_KAFKA": settings.kafka.bootstrap,
+        "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
+    }
+    return subprocess.run(
+        [HEADWATER, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
 class HeadwaterProcess:
     """``headwater dev ...`` as a child process, its output in a log file."""
 

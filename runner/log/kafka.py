@@ -262,6 +262,18 @@ def consumer(settings: Settings, *topics: str, group: str | None, **overrides: A
     return AIOKafkaConsumer(*topics, **options)
 
 
+async def follow_from(reader: AIOKafkaConsumer, topic: str, since: float) -> None:
+    """Assign ``reader`` the single partition of ``topic``, from its first record written
+    at or after ``since`` (Unix time), or from its end when there is none."""
+    tp = TopicPartition(topic, 0)
+    reader.assign([tp])
+    found = await reader.offsets_for_times({tp: int(since * 1000)})
+    if found.get(tp) is not None:
+        reader.seek(tp, found[tp].offset)
+    else:
+        await reader.seek_to_end(tp)
+
+
 async def ensure_topics(settings: Settings, routes: set[str]) -> None:
     """Create the log's topics when missing. ``runs`` is compacted and shares
     ``control``'s partition count, so a run's state lives in the partition of its id."""

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
+from tests.httpserver import serving
 from tests.kafkatools import publish, read_all, read_topic
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,8 @@ async def hook() -> AsyncIterator[tuple[list[bytes], int]]:
 
     app = web.Application()
     app.router.add_post("/hook", post)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield received, port
-    await runner.cleanup()
+    async with serving(app) as port:
+        yield received, port
 
 
 async def test_a_failed_run_posts_one_alert_without_secrets(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import poll, read_topic
-from tests.processes import HEADWATER
+from tests.processes import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -92,22 +91,12 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
     r1 = next(run for run in ids if (folder / f"pid-{run}").exists())
     r2 = next(run for run in ids if run != r1)
     pid = int((folder / f"pid-{r1}").read_text())
-    env = {
-        **os.environ,
-        "HEADWATER_KAFKA": settings.kafka.bootstrap,
-        "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
-    }
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HEADWATER, *args], capture_output=True, text=True, env=env, timeout=90
-        )
 
     # r2 waits for the only slot: cancelled, it must never start once the slot frees.
-    waiting = await asyncio.to_thread(cli, "run", "cancel", r2, "--reason", "not needed")
+    waiting = await asyncio.to_thread(cli, settings, "run", "cancel", r2, "--reason", "not needed")
     assert waiting.returncode == 0, waiting.stderr
     assert f"run {r2} cancelled" in waiting.stdout, waiting.stdout
-    running = await asyncio.to_thread(cli, "run", "cancel", r1, "--reason", "wrong input")
+    running = await asyncio.to_thread(cli, settings, "run", "cancel", r1, "--reason", "wrong input")
     assert running.returncode == 0, running.stderr
     assert f"run {r1} cancelled; tasks not finished: sleep, after" in running.stdout
 
@@ -139,12 +128,12 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
     assert not (folder / f"pid-{r2}").exists(), "the waiting run's task started"
     assert not (folder / f"after-{r1}").exists() and (folder / f"after-{r3}").exists()
 
-    again = await asyncio.to_thread(cli, "run", "cancel", r1)
+    again = await asyncio.to_thread(cli, settings, "run", "cancel", r1)
     assert again.returncode == 1 and f"run {r1} already cancelled" in again.stderr, again
-    unknown = await asyncio.to_thread(cli, "run", "cancel", "no-such-run")
+    unknown = await asyncio.to_thread(cli, settings, "run", "cancel", "no-such-run")
     assert unknown.returncode == 1 and "no run 'no-such-run'" in unknown.stderr
-    listed = await asyncio.to_thread(cli, "runs", "--status", "cancelled")
+    listed = await asyncio.to_thread(cli, settings, "runs", "--status", "cancelled")
     assert r1 in listed.stdout and r2 in listed.stdout and r3 not in listed.stdout
     assert "2 run(s)" in listed.stdout, listed.stdout
-    shown = await asyncio.to_thread(cli, "run", "show", r1)
+    shown = await asyncio.to_thread(cli, settings, "run", "show", r1)
     assert f"run {r1} of slow: cancelled" in shown.stdout, shown.stdout

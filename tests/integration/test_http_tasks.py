@@ -14,6 +14,7 @@ from aiohttp import web
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
+from tests.httpserver import serving
 from tests.kafkatools import publish, read_all, read_topic
 
 pytestmark = pytest.mark.integration
@@ -44,13 +45,8 @@ async def server() -> AsyncIterator[tuple[Server, int]]:
     app = web.Application()
     app.router.add_post("/flaky", state.flaky)
     app.router.add_get("/bad", state.bad)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield state, port
-    await runner.cleanup()
+    async with serving(app) as port:
+        yield state, port
 
 
 async def test_http_tasks_retry_503_not_400_and_never_show_the_secret(

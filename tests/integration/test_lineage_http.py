@@ -19,6 +19,7 @@ from aiohttp import web
 
 from headwater.runner.settings import Settings
 from tests.conftest import Start
+from tests.httpserver import serving
 from tests.kafkatools import poll, publish, read_all, read_topic
 from tests.lineage_schema import problems
 
@@ -71,13 +72,9 @@ async def backend() -> AsyncIterator[Backend]:
 
     app = web.Application()
     app.router.add_post("/api/v1/lineage", lineage)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield state
-    await runner.cleanup()
+    async with serving(app) as port:
+        state.port = port
+        yield state
 
 
 async def test_lineage_reaches_the_backend_after_it_comes_up(

@@ -5,8 +5,6 @@ once; a second redrive starts nothing (its identity is kept)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import publish, read_all, read_topic, wait_caught_up
-from tests.processes import HEADWATER
+from tests.processes import cli
 
 pytestmark = pytest.mark.integration
 
@@ -52,33 +50,23 @@ async def test_a_redrive_after_the_fix_completes_the_work_once(
     await process.output_shows("headwater dev:")
     await publish(settings, "test.redrive", ["e1"])
     await read_topic(settings, settings.topics.completions, lambda r: statuses(r) == ["failed"])
-    env = {
-        **os.environ,
-        "HEADWATER_KAFKA": settings.kafka.bootstrap,
-        "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
-    }
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HEADWATER, *args], capture_output=True, text=True, env=env, timeout=60
-        )
 
     await read_topic(settings, settings.topics.dlq, lambda r: len(r) >= 1)
-    listed = cli("dlq", "list")
+    listed = cli(settings, "dlq", "list")
     assert (
         "run failed: task load failed: ValueError: the warehouse table is missing" in listed.stdout
     )
-    dry = cli("dlq", "redrive", "--reason", "run failed", "--dry-run")
+    dry = cli(settings, "dlq", "redrive", "--reason", "run failed", "--dry-run")
     assert "would redrive 1 record(s)" in dry.stdout, dry.stdout
     await asyncio.sleep(1)
     assert statuses(await read_all(settings, settings.topics.completions)) == ["failed"]
     flag.write_text("fixed")
-    done = cli("dlq", "redrive", "--reason", "run failed")
+    done = cli(settings, "dlq", "redrive", "--reason", "run failed")
     assert done.returncode == 0 and "redrove 1 record(s)" in done.stdout, done.stdout
     await read_topic(
         settings, settings.topics.completions, lambda r: statuses(r) == ["failed", "succeeded"]
     )
-    again = cli("dlq", "redrive", "--reason", "run failed")
+    again = cli(settings, "dlq", "redrive", "--reason", "run failed")
     assert "has since succeeded: nothing to do" in again.stdout, again.stdout
     await wait_caught_up(settings, "control", settings.topics.control)
     completions = [

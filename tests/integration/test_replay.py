@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +20,7 @@ from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import read_all, read_topic, wait_caught_up
-from tests.processes import HEADWATER, HeadwaterProcess
+from tests.processes import HeadwaterProcess, cli
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +55,6 @@ async def send(settings: Settings, ids: range) -> None:
             )
     finally:
         await producer.stop()
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HEADWATER_KAFKA": settings.kafka.bootstrap,
-        "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
-    }
-    return subprocess.run([HEADWATER, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def iso(at: float) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from headwater.runner.envelope import CloudEvent, to_kafka
 from headwater.runner.log import kafka
 from headwater.runner.settings import Settings
 from tests.kafkatools import read_all, read_topic, wait_for_members
-from tests.processes import HEADWATER, HeadwaterProcess
+from tests.processes import HEADWATER, HeadwaterProcess, cli
 
 pytestmark = pytest.mark.integration
 
@@ -105,19 +104,7 @@ async def test_separate_roles_run_a_pipeline_end_to_end(settings: Settings, tmp_
             headers, value = to_kafka(s3)
             await producer.send_and_wait(settings.topics.events, value, headers=headers)
         await read_topic(settings, settings.topics.completions, lambda r: len(r) >= FILES + 1)
-        env = {
-            **os.environ,
-            "HEADWATER_KAFKA": settings.kafka.bootstrap,
-            "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
-        }
-        status = await asyncio.to_thread(
-            subprocess.run,
-            [HEADWATER, "status"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        status = await asyncio.to_thread(cli, settings, "status")
         assert status.returncode == 0, status.stderr
         assert "  alpha (eu-west-1): 1 worker(s), last heartbeat" in status.stdout, status.stdout
         assert "  beta (europe-west1): 1 worker(s)" in status.stdout, status.stdout

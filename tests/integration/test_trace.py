@@ -4,7 +4,6 @@ each task's attempts and outcome; an id the log does not hold says so (exit 1)."
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.kafkatools import read_topic, wait_caught_up
-from tests.processes import HEADWATER
+from tests.processes import cli
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +56,10 @@ async def test_trace_says_why_an_event_did_or_did_not_fire(
         await producer.stop()
     await read_topic(settings, settings.topics.completions, lambda r: len(r) >= 1)
     await wait_caught_up(settings, "router", settings.topics.events)
-    env = {
-        **os.environ,
-        "HEADWATER_KAFKA": settings.kafka.bootstrap,
-        "HEADWATER_TOPIC_PREFIX": settings.topics.prefix,
-    }
     folder = str(tmp_path / "pipelines")
 
     def trace(event_id: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HEADWATER, "trace", event_id, folder],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
+        return cli(settings, "trace", event_id, folder)
 
     miss = trace("miss")
     assert miss.returncode == 0, miss.stderr
@@ -89,20 +77,15 @@ async def test_trace_says_why_an_event_did_or_did_not_fire(
     nothing = trace("no-such-event")
     assert nothing.returncode == 1 and "no event with id" in nothing.stdout
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [HEADWATER, *args], capture_output=True, text=True, env=env, timeout=60
-        )
-
-    listed = cli("runs", "--pipeline", "csv-report")
+    listed = cli(settings, "runs", "--pipeline", "csv-report")
     assert listed.returncode == 0 and run_id in listed.stdout and "succeeded" in listed.stdout
     assert "1 run(s)" in listed.stdout, listed.stdout
-    shown = cli("run", "show", run_id)
+    shown = cli(settings, "run", "show", run_id)
     assert shown.returncode == 0, shown.stderr
     assert f"run {run_id} of csv-report: succeeded" in shown.stdout
     assert "task summarise: succeeded, 2 attempt(s)" in shown.stdout
     assert 'output: {"rows":12}' in shown.stdout, shown.stdout
-    assert cli("run", "show", "no-such-run").returncode == 1
+    assert cli(settings, "run", "show", "no-such-run").returncode == 1
     producer = kafka.producer(settings)
     await producer.start()
     try:
@@ -110,10 +93,10 @@ async def test_trace_says_why_an_event_did_or_did_not_fire(
     finally:
         await producer.stop()
     await wait_caught_up(settings, "router", settings.topics.events)
-    dead = cli("dlq", "list")
+    dead = cli(settings, "dlq", "list")
     assert "structured CloudEvent is not valid JSON" in dead.stdout, dead.stdout
     assert "1 record(s)" in dead.stdout
     offset = dead.stdout.split()[0]
-    one = cli("dlq", "show", offset)
+    one = cli(settings, "dlq", "show", offset)
     assert one.returncode == 0 and '"payload": "{not json"' in one.stdout, one.stdout
-    assert "0 record(s)" in cli("dlq", "list", "--reason", "nothing like it").stdout
+    assert "0 record(s)" in cli(settings, "dlq", "list", "--reason", "nothing like it").stdout
