@@ -34,7 +34,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from headwater.runner import metrics
-from headwater.runner.envelope import to_kafka
+from headwater.runner.envelope import epoch_iso, to_kafka
 from headwater.runner.errors import BadMessage
 from headwater.runner.log import kafka
 from headwater.runner.log.lag import runs_metadata
@@ -50,6 +50,7 @@ from headwater.runner.log.records import (
 from headwater.runner.model.pipeline import Pipeline
 from headwater.runner.observe import hooks
 from headwater.runner.observe.hooks import RunObserver
+from headwater.runner.observe.lineage import run_start
 from headwater.runner.observe.status import status_event
 from headwater.runner.runs import changelog
 from headwater.runner.runs.completion import completion_event
@@ -234,6 +235,13 @@ class ControlProcessor:
                         else control_key(pipeline, event, run_id)
                     )
                     await writer.add(topics.control, encode_control(output), key=key)
+        if self._settings.lineage:  # a run's lineage START, as it starts (its end: ``lineage``)
+            for note in changes.notes:
+                if note.hook == "started":
+                    run = note.run
+                    trigger = {k: run.event.get(k) for k in ("id", "source", "subject")}
+                    start = run_start(run.run_id, run.pipeline, trigger, epoch_iso(run.created_at))
+                    await writer.add(topics.lineage, orjson.dumps(start), key=run.run_id.encode())
         return records
 
     def _after_commit(

@@ -2,8 +2,9 @@
 an HTTP endpoint (Marquez's API, or any OpenLineage HTTP backend).
 
 ``Lineage``: one consumer group (``lineage``) reads ``completions`` and writes, per run,
-the RunEvents ``observe.lineage`` builds (START and COMPLETE/FAIL/ABORT of the pipeline's
-job and of each task's), keyed by run id, each write awaited before the offsets are
+the RunEvents ``observe.lineage`` builds (COMPLETE/FAIL/ABORT of the pipeline's job, whose
+START the control processor wrote when the run started, and START and end of each
+task's), keyed by run id, each write awaited before the offsets are
 committed; a completion read again after a crash writes the same events again (same run
 ids: a lineage backend keeps the latest state of each run).
 
@@ -76,7 +77,7 @@ class Lineage:
             pipeline = self._pipelines.get(str(completion.get("pipeline")))
             outputs = {t.name: list(t.outputs) for t in pipeline.tasks} if pipeline else {}
             residency = {t.name: t.residency for t in pipeline.tasks} if pipeline else {}
-            return lineage_events(completion, outputs, residency)
+            return lineage_events(completion, outputs, residency, start=False)
         except Exception as exc:  # noqa: BLE001 - a completion it cannot read: no lineage
             log.warning("lineage: a completion could not be turned into events (%s)", exc)
             return []

@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -48,6 +49,20 @@ def after(ctx):
 """
 
 
+def event_of(record: Any) -> dict[str, Any]:
+    return dict(orjson.loads(record.value))
+
+
+def of_run(event: dict[str, Any], run_id: str) -> bool:
+    """Whether a lineage event is about the run or one of its tasks (a child run)."""
+    parent = (event["run"].get("facets") or {}).get("parent") or {}
+    return run_id in (event["run"]["runId"], (parent.get("run") or {}).get("runId"))
+
+
+def run_of(record: Any) -> str:
+    return str(event_of(record)["run"]["runId"])
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -69,7 +84,7 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
             "slow.yaml": PIPELINE.format(python=sys.executable, sleeper=folder / "sleeper.py"),
             "cancel_tasks.py": TASKS,
         },
-        env={"HEADWATER_WORKER_CONCURRENCY": "1"},
+        env={"HEADWATER_WORKER_CONCURRENCY": "1", "HEADWATER_LINEAGE": "1"},
     )
     await process.output_shows("headwater dev:")
     producer = kafka.producer(settings)
@@ -90,6 +105,11 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
     # r1 has the only slot (whichever came first), r2's request waits for it
     r1 = next(run for run in ids if (folder / f"pid-{run}").exists())
     r2 = next(run for run in ids if run != r1)
+    # lineage says the run started while it runs (written as it started, not at its end)
+    lineage = await read_topic(
+        settings, settings.topics.lineage, lambda r: any(run_of(x) == r1 for x in r)
+    )
+    assert [e["eventType"] for e in map(event_of, lineage) if e["run"]["runId"] == r1] == ["START"]
     pid = int((folder / f"pid-{r1}").read_text())
 
     # r2 waits for the only slot: cancelled, it must never start once the slot frees.
@@ -137,3 +157,11 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
     assert "2 run(s)" in listed.stdout, listed.stdout
     shown = await asyncio.to_thread(cli, settings, "run", "show", r1)
     assert f"run {r1} of slow: cancelled" in shown.stdout, shown.stdout
+
+    def ended(records: list[Any]) -> bool:
+        return any(run_of(r) == r1 and event_of(r)["eventType"] == "ABORT" for r in records)
+
+    lineage = await read_topic(settings, settings.topics.lineage, ended)
+    kinds = [(e["job"]["name"], e["eventType"]) for e in map(event_of, lineage) if of_run(e, r1)]
+    assert ("slow", "ABORT") in kinds and ("slow.sleep", "ABORT") in kinds, kinds
+    assert not [k for k in kinds if k[0] == "slow.after"], kinds  # never started: no events
