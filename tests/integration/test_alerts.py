@@ -5,13 +5,16 @@ pipeline within the rate limit are held back, and no secret appears in what is p
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
+from headwater.runner import alerts
 from headwater.runner.settings import Settings
 from tests.conftest import Start
 from tests.httpserver import serving
@@ -79,3 +82,37 @@ async def test_a_failed_run_posts_one_alert_without_secrets(
     process.stop()
     assert secret not in received[0].decode() and hook_token not in received[0].decode()
     assert secret not in process.output() and hook_token not in process.output()
+
+
+async def test_a_dead_or_hung_webhook_drops_the_alert_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(alerts, "POST_WITHIN", 0.5)
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepts the connection, never says a word
+
+    hung = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    closed = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    dead_port = closed.sockets[0].getsockname()[1]
+    closed.close()
+    await closed.wait_closed()
+    hung_port = hung.sockets[0].getsockname()[1]
+    try:
+        for port in (dead_port, hung_port):
+            monkeypatch.setenv("HW_DEAD_HOOK", f"http://127.0.0.1:{port}/hook")
+            sender = alerts.Alerts(Settings.from_env({}), "${env:HW_DEAD_HOOK}", every=0.0)
+            async with aiohttp.ClientSession() as session:
+                started = time.monotonic()
+                await sender._send(session, "run.failed", "p", "run r1 failed", {"run_id": "r1"})
+                assert time.monotonic() - started < 5
+    finally:
+        hung.close()
+        for writer in held:
+            writer.close()
+    said = [r.getMessage() for r in caplog.records if "alert webhook" in r.getMessage()]
+    assert said == [
+        "alert webhook unreachable (ClientConnectorError); alert dropped",
+        "alert webhook unreachable (TimeoutError); alert dropped",
+    ], said

@@ -4,6 +4,7 @@ and appears in no log, completion or DLQ record, even when the server echoes it 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +35,11 @@ class Server:
             return web.Response(status=503, text="warming up")
         return web.json_response({"rows": 7, "you_sent": request.headers["Authorization"]})
 
+    async def hang(self, request: web.Request) -> web.Response:
+        self.calls["hang"] += 1
+        await asyncio.sleep(3)  # past the task's timeout: the attempt gives up first
+        return web.Response(text="too late")
+
     async def bad(self, request: web.Request) -> web.Response:
         self.calls["bad"] += 1
         return web.Response(status=400, text="no such report")
@@ -45,6 +51,7 @@ async def server() -> AsyncIterator[tuple[Server, int]]:
     app = web.Application()
     app.router.add_post("/flaky", state.flaky)
     app.router.add_get("/bad", state.bad)
+    app.router.add_get("/hang", state.hang)
     async with serving(app) as port:
         yield state, port
 
@@ -70,13 +77,19 @@ tasks:
     http: {{url: "http://127.0.0.1:{port}/bad"}}
     retries: 3
     backoff: {{initial: 100ms, max: 200ms}}
+  hung:
+    http: {{url: "http://127.0.0.1:{port}/hang"}}
+    timeout: 1s
+    retries: 1
+    backoff: {{initial: 100ms, max: 200ms}}
 """
     process = headwater_dev({"calls.yaml": pipeline}, env={"HW_TEST_TOKEN": token})
     await process.output_shows("headwater dev:")
     await publish(settings, "test.http", ["one"])
     [record] = await read_topic(settings, settings.topics.completions, lambda r: len(r) >= 1)
     completion = orjson.loads(record.value)
-    assert state.calls == {"flaky": 3, "bad": 1}  # 503 twice then 200; 400 once
+    # 503 twice then 200; 400 once; a server that never answers in time: both attempts
+    assert state.calls == {"flaky": 3, "bad": 1, "hang": 2}
     assert state.headers == [f"Bearer {token}"] * 3  # the secret reached the server
     assert orjson.loads(state.bodies[0])["event"]["id"] == "one"  # the context, as JSON
     flaky, bad = completion["tasks"]["flaky"], completion["tasks"]["bad"]
@@ -84,6 +97,8 @@ tasks:
     assert flaky["output"] == {"rows": 7, "you_sent": "Bearer ***"}
     assert (bad["status"], bad["attempts"]) == ("failed", 1)
     assert "HTTP 400" in bad["error"] and "no such report" in bad["error"]
+    hung = completion["tasks"]["hung"]
+    assert (hung["status"], hung["attempts"], hung["error"]) == ("failed", 2, "timed out after 1s")
     process.stop()
     said = [process.output()]
     for topic in (settings.topics.completions, settings.topics.dlq, settings.topics.status):
