@@ -169,7 +169,7 @@ class ControlProcessor:
             writes = await writer.flush()
             # The runs in progress ride with the offsets: the router's backpressure
             # reads them beside the control lag (``log.lag``).
-            runs = runs_metadata(self._table.in_progress(tp.partition))
+            runs = runs_metadata(self._table.in_progress(tp.partition, changes))
             offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, runs)}
             group, within = self._topics.group("control"), self._settings.kafka.write_timeout
             await kafka.offsets_in_transaction(txn, writes, offsets, group, within)

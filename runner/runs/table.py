@@ -276,11 +276,23 @@ class RunTable:
     def has(self, partition: int) -> bool:
         return partition in self._partitions
 
-    def in_progress(self, partition: int) -> int:
-        """The partition's runs in memory: running, waiting for a slot, or finished in a
-        batch not committed yet (what the router's backpressure counts as work to do)."""
+    def in_progress(self, partition: int, changes: Changes | None = None) -> int:
+        """The partition's runs still going once ``changes`` (the batch being committed)
+        is: running or waiting for a slot — what the router's backpressure counts as work
+        to do. The runs the batch finished are not counted: this number rides with the
+        batch's offsets and may stay the partition's last word for a long time (until
+        its next message), so counting them held the router paused with nothing to do."""
         table = self._partitions.get(partition)
-        return 0 if table is None else len(table.runs)
+        if table is None:
+            return 0
+        ended = 0
+        if changes is not None:
+            ended = sum(
+                1
+                for at, run in changes.runs.values()
+                if at == partition and run.status != "running" and run.run_id in table.runs
+            )
+        return len(table.runs) - ended
 
     def forget(self, partition: int) -> None:
         table = self._partitions.pop(partition, None)

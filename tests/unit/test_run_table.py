@@ -264,3 +264,18 @@ def test_an_attempt_overdue_on_a_held_route_waits_and_is_lost_only_after_the_hol
     assert run.tasks["a"].status == "retry_wait" and "no result came in time" in (
         run.tasks["a"].error or ""
     )
+
+
+def test_runs_in_progress_leave_out_those_the_batch_finished() -> None:
+    # The count rides with the batch's offsets and may be the partition's last word for a
+    # long time: a run finished in the batch must not count (it held the router paused).
+    t, changes = table(), Changes()
+    t.apply(0, RunRequested("r1", "p", {}), changes)
+    t.apply(0, RunRequested("r2", "p", {"id": "e2"}), changes)
+    assert t.in_progress(0, changes) == 2
+    t.apply(0, finished("a"), changes)
+    t.apply(0, finished("b"), changes)  # r1 ends in this batch
+    assert t.in_progress(0, changes) == 1
+    assert t.in_progress(1, changes) == 0  # another partition's count is its own
+    t.committed(changes)
+    assert t.in_progress(0) == 1 and t.in_progress(0, Changes()) == 1
