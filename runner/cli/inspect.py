@@ -28,6 +28,8 @@ from headwater.runner.runs.machine import run_id_for
 from headwater.runner.settings import Settings
 
 OUTPUT_CHARS = 400
+#: The longest reason a cancel may give (it travels in the completion and to the workers).
+REASON_CHARS = 2000
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +92,9 @@ def cancel_run(run_id: str, reason: str, wait: float) -> int:
 
 
 async def _cancel(settings: Settings, run_id: str, reason: str, wait: float) -> int:
+    if len(reason) > REASON_CHARS:
+        print(f"--reason is {len(reason):,} characters; at most {REASON_CHARS:,}", file=sys.stderr)
+        return 2
     located = await _in_table(settings, run_id)
     if located is None or located[1].get("status") != "running":
         finished = await _completion_of(settings, run_id)

@@ -150,6 +150,8 @@ async def test_cancel_stops_the_running_task_and_the_waiting_one(
 
     again = await asyncio.to_thread(cli, settings, "run", "cancel", r1)
     assert again.returncode == 1 and f"run {r1} already cancelled" in again.stderr, again
+    long = await asyncio.to_thread(cli, settings, "run", "cancel", r3, "--reason", "x" * 2001)
+    assert long.returncode == 2 and "at most 2,000" in long.stderr, long
     unknown = await asyncio.to_thread(cli, settings, "run", "cancel", "no-such-run")
     assert unknown.returncode == 1 and "no run 'no-such-run'" in unknown.stderr
     listed = await asyncio.to_thread(cli, settings, "runs", "--status", "cancelled")
