@@ -258,6 +258,12 @@ def _dlq(args: argparse.Namespace) -> int:
     wanted = args.reason
     shown = [(o, e) for o, e in entries if wanted is None or wanted in str(e.get("reason"))]
     if args.offset:
+        found = {o for o, _ in entries}
+        missing = [o for o in args.offset if o not in found]
+        if missing:
+            said = ", ".join(str(o) for o in missing)
+            print(f"no DLQ record at offset {said} since the span start", file=sys.stderr)
+            return 1
         shown = [(o, e) for o, e in shown if o in set(args.offset)]
     if args.action == "redrive":
         return asyncio.run(redrive(settings, shown, args.dry_run, since))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -52,8 +53,24 @@ CONFIG_NAMES = ("headwater.yaml", "headwater.yml")
 HEARD_WITHIN = 60.0
 
 
+#: Options whose value may be a relative time such as ``-2h`` (argparse would take it for
+#: an option of its own).
+TIME_OPTIONS = frozenset({"--since", "--from", "--to"})
+
+
+def _relative_times_joined(argv: Sequence[str]) -> list[str]:
+    """``--since -2h`` as ``--since=-2h``, so that argparse reads the value."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in TIME_OPTIONS and re.fullmatch(r"-\d+(\.\d+)?[a-z]*", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_relative_times_joined(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

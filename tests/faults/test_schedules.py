@@ -1,6 +1,7 @@
 """Schedules against the real Kafka, with real processes: exactly one run per tick on two
 processes while one is SIGKILLed and restarted, and the ticks missed while every process
-was down caught up when one comes back (``catchup``)."""
+was down caught up when one comes back (``catchup``), and the ticks of a broker outage
+run late, once each."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from headwater.runner.settings import Settings
 from tests.kafkatools import read_all, read_topic, wait_for_members
 from tests.processes import HeadwaterProcess
+from tests.servers.services import KafkaServer
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +152,34 @@ async def test_ticks_missed_while_every_process_was_down_are_caught_up(
     assert len(missed) >= 4, done
     # caught up late; the latest when the process came back may count as on time
     assert all(d["late"] for d in missed[:-1]), missed
+
+
+@pytest.mark.timeout(300)
+async def test_a_broker_outage_delays_ticks_and_loses_or_doubles_none(
+    settings: Settings, tmp_path: Path, kafka_server: KafkaServer
+) -> None:
+    write(tmp_path, "{policy: all, window: 10m}")
+    process = runner(settings, tmp_path, "solo").start()
+    try:
+        await read_topic(settings, settings.topics.completions, lambda r: len(r) >= 2, within=60)
+        kafka_server.stop()
+        down_at = time.time()
+        try:
+            await asyncio.sleep(5 * PERIOD)  # the scheduler cannot tell anyone the time
+            assert process.process is not None and process.process.poll() is None
+        finally:
+            kafka_server.start()
+        back_at = time.time()
+        await read_topic(
+            settings,
+            settings.topics.completions,
+            lambda records: any(epoch(d["scheduled"]) > back_at + PERIOD for d in ticks(records)),
+            within=120,
+        )
+    finally:
+        process.stop()
+    done = ticks(await read_all(settings, settings.topics.completions))
+    assert_every_tick_once(done)  # the outage's ticks ran late, once each, none missing
+    during = [d for d in done if down_at < epoch(d["scheduled"]) < back_at]
+    assert len(during) >= 4, done
+    assert "Traceback" not in process.output()

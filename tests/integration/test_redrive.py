@@ -52,7 +52,7 @@ async def test_a_redrive_after_the_fix_completes_the_work_once(
     await read_topic(settings, settings.topics.completions, lambda r: statuses(r) == ["failed"])
 
     await read_topic(settings, settings.topics.dlq, lambda r: len(r) >= 1)
-    listed = cli(settings, "dlq", "list")
+    listed = cli(settings, "dlq", "list", "--since", "-1h")
     assert (
         "run failed: task load failed: ValueError: the warehouse table is missing" in listed.stdout
     )
@@ -67,6 +67,9 @@ async def test_a_redrive_after_the_fix_completes_the_work_once(
         settings, settings.topics.completions, lambda r: statuses(r) == ["failed", "succeeded"]
     )
     again = cli(settings, "dlq", "redrive", "--reason", "run failed")
+    nowhere = cli(settings, "dlq", "redrive", "999999")
+    assert nowhere.returncode == 1, nowhere
+    assert "no DLQ record at offset 999999" in nowhere.stderr
     assert "has since succeeded: nothing to do" in again.stdout, again.stdout
     await wait_caught_up(settings, "control", settings.topics.control)
     completions = [
