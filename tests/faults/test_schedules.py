@@ -76,6 +76,22 @@ def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+async def ticked_after(settings: Settings, at: float, within: float) -> None:
+    """Wait for the run of a tick scheduled after ``at`` to complete."""
+    await read_topic(
+        settings,
+        settings.topics.completions,
+        lambda records: any(epoch(d["scheduled"]) > at for d in ticks(records)),
+        within=within,
+    )
+
+
+def between(done: list[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
+    """The ticks scheduled in (start, end), in order."""
+    inside = (d for d in done if start < epoch(d["scheduled"]) < end)
+    return sorted(inside, key=lambda d: d["scheduled"])
+
+
 def assert_every_tick_once(done: list[dict[str, Any]]) -> list[float]:
     """Each tick ran once, and none between the first and the last is missing."""
     per_tick = collections.Counter(d["scheduled"] for d in done)
@@ -136,19 +152,12 @@ async def test_ticks_missed_while_every_process_was_down_are_caught_up(
         await asyncio.sleep(4 * PERIOD + 1)
         process = runner(settings, tmp_path, "solo").start()
         back_at = time.time()
-        await read_topic(
-            settings,
-            settings.topics.completions,
-            lambda records: any(epoch(d["scheduled"]) > back_at + PERIOD for d in ticks(records)),
-            within=60,
-        )
+        await ticked_after(settings, back_at + PERIOD, within=60)
     finally:
         process.stop()
     done = ticks(await read_all(settings, settings.topics.completions))
     assert_every_tick_once(done)
-    missed = sorted(
-        (d for d in done if down_at < epoch(d["scheduled"]) < back_at), key=lambda d: d["scheduled"]
-    )
+    missed = between(done, down_at, back_at)
     assert len(missed) >= 4, done
     # caught up late; the latest when the process came back may count as on time
     assert all(d["late"] for d in missed[:-1]), missed
@@ -170,16 +179,11 @@ async def test_a_broker_outage_delays_ticks_and_loses_or_doubles_none(
         finally:
             kafka_server.start()
         back_at = time.time()
-        await read_topic(
-            settings,
-            settings.topics.completions,
-            lambda records: any(epoch(d["scheduled"]) > back_at + PERIOD for d in ticks(records)),
-            within=120,
-        )
+        await ticked_after(settings, back_at + PERIOD, within=120)
     finally:
         process.stop()
     done = ticks(await read_all(settings, settings.topics.completions))
     assert_every_tick_once(done)  # the outage's ticks ran late, once each, none missing
-    during = [d for d in done if down_at < epoch(d["scheduled"]) < back_at]
+    during = between(done, down_at, back_at)
     assert len(during) >= 4, done
     assert "Traceback" not in process.output()
