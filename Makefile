@@ -41,9 +41,10 @@ status: venv
 	$(SERVICES) status
 
 # bench-smoke first (seconds; it checks that every built row yields a figure, never a
-# speed), so that pytest's summary is the last thing the suite prints.
+# speed), so that pytest's summary is the last thing the suite prints; the 15 slowest
+# tests are listed before it (where make test's time goes).
 test: venv lint services bench-smoke
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
